@@ -1,0 +1,280 @@
+"""Typed configuration: the dataclass field defaults are the only defaults.
+
+``--config file.yaml`` overrides the defaults, command-line flags override the file, and the
+resolved configuration is written to the run directory as ``config.yaml``. Flags are generated
+from the fields (``image_size`` -> ``--image-size``) and grouped by dataclass. Values are parsed
+by the field's type; user input is never evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kerascls.errors import UserError
+
+
+def _field(default, help: str, choices=None, **kw):
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+AUGMENTATIONS = ("crop", "flip", "jitter", "rotation", "zoom", "mixup", "cutmix")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset: str = _field("digits", "sentiment | digits | folder:PATH | tfds:NAME")
+    data_dir: str = _field("", "TensorFlow Datasets data directory (tfds:NAME)")
+    image_size: int = _field(0, "square input size in pixels; 0 picks the model's default")
+    normalize: str = _field("unit", "normalization inside the model", ("imagenet", "unit", "none"))
+    augment: str = _field("", f"comma-separated augmentations: {', '.join(AUGMENTATIONS)}")
+    val_fraction: float = _field(0.15, "validation fraction when the source has no split")
+    test_fraction: float = _field(0.2, "test fraction when the source has no split")
+    class_weight: str = _field("none", "class weighting in the loss", ("none", "balanced"))
+    num_examples: int = _field(400, "sentiment: number of images")
+    sentiment_size: int = _field(8, "sentiment: native image size")
+    noise: float = _field(0.05, "sentiment: per-pixel noise standard deviation (0..1 scale)")
+    imbalance: float = _field(1.0, "sentiment: ratio of negative to positive images")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    model: str = _field("lenet", "registered model name (python -m kerascls.models list)")
+    dropout: float = _field(0.0, "dropout before the classifier")
+    pretrained: str = _field("", "ImageNet weights file compatible with keras.applications")
+    freeze_backbone: bool = _field(False, "train the head first, then fine-tune everything")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = _field(40, "training epochs")
+    batch_size: int = _field(64, "global batch size")
+    optimizer: str = _field("adam", "optimizer", ("adam", "adamw", "sgd"))
+    learning_rate: float = _field(0.002, "peak learning rate")
+    momentum: float = _field(0.9, "SGD momentum")
+    weight_decay: float = _field(0.0, "decoupled weight decay (adamw, sgd)")
+    schedule: str = _field("cosine", "learning-rate schedule", ("constant", "cosine", "step"))
+    warmup_epochs: int = _field(0, "linear warmup epochs")
+    step_epochs: int = _field(10, "step schedule: epochs between decays")
+    step_gamma: float = _field(0.1, "step schedule: decay factor")
+    label_smoothing: float = _field(0.0, "label smoothing")
+    early_stopping: int = _field(0, "patience in epochs on val_loss; 0 disables")
+    seed: int = _field(42, "random seed for data splits, initialization and shuffling")
+    output_dir: str = _field("runs", "parent directory of run directories")
+    run_name: str = _field("", "run directory name; default <model>-<dataset>")
+    verbose: int = _field(1, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    tta: int = _field(0, "test-time augmentation passes (0 = off)")
+    mc_samples: int = _field(30, "Monte Carlo samples for Bayesian / MC-dropout prediction")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    formats: str = _field("saved_model,tflite-float32,tflite-int8",
+                          "comma-separated export formats; empty to skip")
+    models_dir: str = _field("", "base directory for SavedModel versions; default RUN_DIR/models")
+    representative_size: int = _field(300, "int8: class-stratified representative images")
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from kerascls.fileio import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        cfg = cls()
+        apply_mapping(cfg, data or {}, source)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        return cls.from_dict(read_yaml(path), str(path))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _sections(cfg) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def _field_types(section) -> dict[str, type]:
+    hints = typing.get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in dataclasses.fields(section)}
+
+
+def parse_value(typ: type, raw: Any, where: str):
+    """Parse ``raw`` as ``typ`` (bool, int, float, str); raise UserError naming ``where``."""
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(str(raw).strip()) if not isinstance(raw, (int, float)) else int(raw)
+        if typ is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise UserError(f"{where} must be {typ.__name__}. Received: {raw!r}") from None
+
+
+def apply_mapping(cfg: Config, data: dict[str, Any], source: str) -> None:
+    sections = _sections(cfg)
+    for sec_name, values in data.items():
+        if sec_name not in sections:
+            close = difflib.get_close_matches(str(sec_name), sections, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"{source}: unknown section '{sec_name}'.{hint} "
+                            f"Sections: {', '.join(sections)}")
+        section = sections[sec_name]
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section '{sec_name}' must be a mapping")
+        types = _field_types(section)
+        for key, raw in values.items():
+            if key not in types:
+                close = difflib.get_close_matches(str(key), types, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise UserError(f"{source}: unknown key '{sec_name}.{key}'.{hint}")
+            setattr(section, key, parse_value(types[key], raw, f"{sec_name}.{key}"))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and did-you-mean for unknown flags."""
+
+    def error(self, message: str):  # noqa: D401
+        if message.startswith("unrecognized arguments:"):
+            bad = message.split(":", 1)[1].split()
+            flags = [o for a in self._actions for o in a.option_strings]
+            hints = []
+            for b in bad:
+                close = difflib.get_close_matches(b.split("=")[0], flags, n=1)
+                hints.append(f"{b} (did you mean {close[0]}?)" if close else b)
+            message = "unknown flag: " + ", ".join(hints)
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def make_parser(prog: str, description: str, sections=("data", "model", "train", "eval",
+                                                          "export")) -> argparse.ArgumentParser:
+    """A parser with ``--config`` and one flag group per config section."""
+    parser = _Parser(prog=prog, description=description, allow_abbrev=False)
+    parser.add_argument("--config", help="YAML file with sections " + ", ".join(sections))
+    defaults = Config()
+    for sec_name in sections:
+        section = getattr(defaults, sec_name)
+        group = parser.add_argument_group(sec_name)
+        for f in dataclasses.fields(section):
+            flag = "--" + f.name.replace("_", "-")
+            helptext = f.metadata.get("help", "")
+            helptext += f" (default: {getattr(section, f.name)!r})"
+            group.add_argument(flag, dest=f"{sec_name}.{f.name}", default=None, metavar="V"
+                               if f.type not in (bool, "bool") else None, help=helptext,
+                               **({"nargs": "?", "const": "true"} if f.type in (bool, "bool")
+                                  else {}))
+    return parser
+
+
+def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """Defaults, then ``--config``, then flags; validate choices."""
+    cfg = base or Config()
+    if getattr(args, "config", None):
+        apply_mapping(cfg, read_yaml(args.config), args.config)
+    overrides: dict[str, dict[str, Any]] = {}
+    for dest, raw in vars(args).items():
+        if "." in dest and raw is not None:
+            sec, key = dest.split(".", 1)
+            overrides.setdefault(sec, {})[key] = raw
+    for sec, values in overrides.items():
+        section = getattr(cfg, sec)
+        types = _field_types(section)
+        for key, raw in values.items():
+            setattr(section, key, parse_value(types[key], raw, "--" + key.replace("_", "-")))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    for sec_name, section in _sections(cfg).items():
+        for f in dataclasses.fields(section):
+            choices = f.metadata.get("choices")
+            value = getattr(section, f.name)
+            if choices and value not in choices:
+                raise UserError(f"--{f.name.replace('_', '-')} must be one of "
+                                f"{', '.join(map(str, choices))}. Received: {value}")
+    t, d = cfg.train, cfg.data
+    if t.epochs <= 0:
+        raise UserError(f"--epochs must be a positive integer. Received: {t.epochs}")
+    if t.batch_size <= 0:
+        raise UserError(f"--batch-size must be a positive integer. Received: {t.batch_size}")
+    if t.learning_rate <= 0:
+        raise UserError(f"--learning-rate must be positive. Received: {t.learning_rate}")
+    if d.image_size < 0:
+        raise UserError(f"--image-size must be positive (or 0 for the model default). "
+                        f"Received: {d.image_size}")
+    if not 0 <= t.label_smoothing < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1). Received: {t.label_smoothing}")
+    if not 0 <= cfg.model.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1). Received: {cfg.model.dropout}")
+    for frac_name in ("val_fraction", "test_fraction"):
+        v = getattr(d, frac_name)
+        if not 0 < v < 0.5:
+            raise UserError(f"--{frac_name.replace('_', '-')} must be in (0, 0.5). Received: {v}")
+    for aug in filter(None, (a.strip() for a in d.augment.split(","))):
+        if aug not in AUGMENTATIONS:
+            close = difflib.get_close_matches(aug, AUGMENTATIONS, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise UserError(f"--augment: unknown augmentation '{aug}'.{hint} "
+                            f"Allowed: {', '.join(AUGMENTATIONS)}")
+    if cfg.eval.mc_samples <= 0:
+        raise UserError(f"--mc-samples must be a positive integer. Received: {cfg.eval.mc_samples}")
+    if cfg.eval.tta < 0:
+        raise UserError(f"--tta must be >= 0. Received: {cfg.eval.tta}")

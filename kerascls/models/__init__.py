@@ -1,0 +1,1 @@
+"""Model families. Each module registers its variants with :mod:`kerascls.registry`."""

@@ -1,0 +1,642 @@
+#!/usr/bin/env python3
+"""Classify images with a kerascls TFLite model on a Raspberry Pi (or any other computer).
+
+This file stands alone: copy it to the device together with ``requirements.txt``, the
+``.tflite`` model and its ``.json`` sidecar. It imports only the standard library, numpy,
+Pillow and the first TFLite runtime it finds of ``ai_edge_litert``, ``tflite_runtime`` and
+``tensorflow.lite``; nothing from kerascls or TensorFlow is needed.
+
+Usage::
+
+    python run_tflite.py MODEL.tflite IMAGE_OR_DIR... [--top-k K] [--threads N] [--json]
+                         [--benchmark N]
+
+The sidecar (``MODEL.json``, written by ``python -m kerascls.export``) gives the labels, the
+input size, the resize method and the input dtype and quantization. Images are decoded with
+Pillow and resized exactly as kerascls training resizes them: bilinear interpolation with
+half-pixel centers and no antialiasing (TensorFlow's ``tf.image.resize``), computed in float32.
+Float models take float32 pixels in 0..255; the int8 model takes uint8 pixels, so an image that
+already has the model's input size goes in without any float arithmetic. Normalization lives
+inside every model.
+
+Images must be 8-bit RGB (or palette images without transparency). Grayscale, RGBA, CMYK and
+16-bit images are refused with one line naming the mode; ``--convert`` converts them the way
+kerascls training does (Pillow ``convert("RGB")``; 16-bit images scaled by their maximum).
+
+Exit status: 0 when every image was classified, 1 when some inputs could not be read (the
+others are still classified), 2 on bad usage, a bad model or sidecar, or a missing runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+__version__ = "1.0"
+
+RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+INSTALL_HINT = (
+    "no TFLite runtime found: pip install ai-edge-litert numpy Pillow "
+    "(Raspberry Pi OS Bookworm, Python 3.11), or pip install tflite-runtime 'numpy<2' Pillow "
+    "on older images; see edge/README.md"
+)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+MAX_IMAGE_PIXELS = 40_000_000
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+EXIT_OK, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2
+
+
+class Fatal(Exception):
+    """An error that stops the whole run (bad model, sidecar, usage or runtime)."""
+
+
+class BadInput(Exception):
+    """One input that cannot be classified; the other inputs go on."""
+
+
+# ---------------------------------------------------------------------------------------------
+# dependencies
+
+
+def _import_numpy_pillow():
+    try:
+        import numpy
+        from PIL import Image
+    except ImportError as exc:
+        raise Fatal(f"{exc.name or 'numpy/Pillow'} is missing: pip install -r requirements.txt "
+                    "(numpy, Pillow and a TFLite runtime)") from None
+    return numpy, Image
+
+
+def load_runtime(name: str = "auto"):
+    """Return ``(Interpreter class, runtime name)`` for the first runtime that imports.
+
+    Args:
+        name: ``auto`` tries ``ai_edge_litert``, ``tflite_runtime`` and ``tensorflow`` in that
+            order; any of those names asks for that one only.
+
+    Raises:
+        Fatal: with an install hint when no runtime can be imported.
+    """
+    candidates = RUNTIMES if name == "auto" else (name,)
+    for runtime in candidates:
+        try:
+            if runtime == "tensorflow":
+                module = importlib.import_module("tensorflow")
+                return module.lite.Interpreter, runtime
+            module = importlib.import_module(f"{runtime}.interpreter")
+            return module.Interpreter, runtime
+        except ImportError:
+            continue
+    if name == "auto":
+        raise Fatal(INSTALL_HINT)
+    raise Fatal(f"--runtime {name} is not installed; {INSTALL_HINT.split(': ', 1)[1]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# model and sidecar
+
+
+def sidecar_path(model_path: Path) -> Path:
+    """The sidecar that belongs to ``model_path``: same name, ``.json`` suffix."""
+    return model_path.with_suffix(".json")
+
+
+def read_sidecar(model_path: Path) -> dict:
+    """Read and check the sidecar beside ``model_path``.
+
+    Raises:
+        Fatal: when it is missing, unreadable, not JSON, or lacks the labels or input size.
+    """
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        raise Fatal(f"no sidecar {path.name} beside {model_path.name} (it holds the labels and "
+                    "the input size): copy it from RUN_DIR/tflite/, or pass --no-sidecar to use "
+                    "the model's own input details and class indices as labels")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Fatal(f"cannot read sidecar {path}: {exc.__class__.__name__}") from None
+    except json.JSONDecodeError as exc:
+        raise Fatal(f"sidecar {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise Fatal(f"sidecar {path} must hold a JSON object")
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise Fatal(f"sidecar {path} has no 'labels' list")
+    size = meta.get("input_size")
+    if (not isinstance(size, list) or len(size) != 2
+            or not all(isinstance(v, int) and v > 0 for v in size)):
+        raise Fatal(f"sidecar {path} has no valid 'input_size' [height, width]; "
+                    f"received {size!r}")
+    method = meta.get("resize_method", "bilinear")
+    if method != "bilinear":
+        raise Fatal(f"sidecar {path}: resize_method must be bilinear. Received: {method}")
+    return meta
+
+
+class _QuietStderr:
+    """Silence the runtime's native log lines ("INFO: Created TensorFlow Lite XNNPACK delegate")
+    while a model loads, so that output stays one line per result or error."""
+
+    def __enter__(self):
+        self.saved = None
+        if os.environ.get("RUN_TFLITE_DEBUG"):
+            return self
+        try:
+            sys.stderr.flush()
+            self.saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+        return False
+
+
+def load_interpreter(model_path: Path, interpreter_cls, threads: int):
+    """Open ``model_path`` with the runtime; Fatal with one line if it is not a usable model."""
+    if not model_path.exists():
+        raise Fatal(f"model not found: {model_path}")
+    if not model_path.is_file():
+        raise Fatal(f"model is not a file: {model_path}")
+    try:
+        with open(model_path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise Fatal(f"cannot read model {model_path}: {exc.strerror or exc}") from None
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise Fatal(f"{model_path} is not a TFLite model (no TFL3 identifier); export one with "
+                    "python -m kerascls.export RUN_DIR --formats tflite-float32")
+    try:
+        with _QuietStderr():
+            interpreter = interpreter_cls(model_path=str(model_path), num_threads=threads)
+            interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Fatal(f"{model_path} is corrupt or truncated; the runtime cannot load it "
+                    f"({first[:160]})") from None
+    return interpreter
+
+
+class Model:
+    """A loaded model with the preprocessing and the output handling its sidecar describes.
+
+    Attributes:
+        interpreter: the runtime's interpreter.
+        labels: class names in output order.
+        height, width: the input size.
+        input_dtype: numpy dtype of the input tensor.
+        input_scale, input_zero_point: input quantization (scale 0 means not quantized).
+        members: number of ensemble members (0 for an ordinary classifier).
+    """
+
+    def __init__(self, model_path: Path, interpreter_cls, threads: int, use_sidecar: bool):
+        np, _ = _import_numpy_pillow()
+        self.np = np
+        self.path = model_path
+        if model_path.is_file() and use_sidecar:
+            self.meta = read_sidecar(model_path)
+        else:
+            self.meta = {}
+        self.interpreter = load_interpreter(model_path, interpreter_cls, threads)
+        self.input = self.interpreter.get_input_details()[0]
+        shape = [int(v) for v in self.input["shape"]]
+        if len(shape) != 4 or shape[-1] != 3:
+            raise Fatal(f"{model_path} takes input shape {shape}; the runner needs "
+                        "[batch, height, width, 3] RGB images")
+        outputs = self.interpreter.get_output_details()
+        if self.meta:
+            self.height, self.width = self.meta["input_size"]
+            if [self.height, self.width] != shape[1:3]:
+                raise Fatal(f"sidecar {sidecar_path(model_path).name} says input size "
+                            f"{self.meta['input_size']} but the model takes {shape[1:3]}; "
+                            "they do not belong together")
+            self.labels = [str(v) for v in self.meta["labels"]]
+        else:
+            self.height, self.width = shape[1:3]
+            self.labels = []
+        self.input_dtype = np.dtype(self.input["dtype"])
+        self.input_scale, self.input_zero_point = (float(self.input["quantization"][0]),
+                                                   int(self.input["quantization"][1]))
+        self.members = int(self.meta.get("ensemble_members", 0) or 0)
+        self.output = self._pick_output(outputs)
+        classes = int(self.output["shape"][-1])
+        if not self.labels:
+            self.labels = [str(i) for i in range(classes)]
+        if len(self.labels) != classes:
+            raise Fatal(f"sidecar lists {len(self.labels)} labels but the model outputs "
+                        f"{classes} classes")
+
+    def _pick_output(self, outputs):
+        """The output holding probabilities (or, for ensembles, the member probabilities)."""
+        role = "member_probabilities" if self.members else "probabilities"
+        listed = [o for o in self.meta.get("outputs", []) if isinstance(o, dict)]
+        for entry in listed:
+            if entry.get("role") != role:
+                continue
+            for out in outputs:
+                if entry.get("name") and out["name"] == entry["name"]:
+                    return out
+            index = entry.get("index")
+            if isinstance(index, int) and 0 <= index < len(outputs):
+                return outputs[index]
+            raise Fatal(f"sidecar output {entry!r} matches no output of {self.path.name}")
+        if self.members:
+            raise Fatal(f"sidecar says ensemble_members={self.members} but its 'outputs' list "
+                        "has no entry with role member_probabilities")
+        return outputs[0]
+
+    @property
+    def runtime_input(self) -> str:
+        """The input the model takes, in words: ``uint8`` or ``float32``."""
+        return self.input_dtype.name
+
+    def prepare(self, rgb):
+        """A (1, H, W, 3) input tensor from a uint8 RGB (h, w, 3) image."""
+        np = self.np
+        same_size = rgb.shape[:2] == (self.height, self.width)
+        quantized = self.input_dtype in (np.uint8, np.int8) and self.input_scale > 0
+        if same_size and self.input_dtype == np.uint8 and \
+                (not quantized or (self.input_scale == 1.0 and self.input_zero_point == 0)):
+            return rgb[None]
+        pixels = rgb.astype(np.float32) if same_size else resize_bilinear(
+            np, rgb, self.height, self.width)
+        if quantized:
+            info = np.iinfo(self.input_dtype)
+            q = np.floor(pixels / np.float32(self.input_scale) + np.float32(0.5)) \
+                + self.input_zero_point
+            return np.clip(q, info.min, info.max).astype(self.input_dtype)[None]
+        if self.input_dtype == np.uint8:
+            return np.clip(np.floor(pixels + 0.5), 0, 255).astype(np.uint8)[None]
+        return pixels.astype(self.input_dtype)[None]
+
+    def invoke(self, tensor):
+        """Run the model on one prepared input; return the raw output array."""
+        self.interpreter.set_tensor(self.input["index"], tensor)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"])
+
+    def probabilities(self, raw):
+        """Dequantized float probabilities: (C,) or, for an ensemble, (members, C)."""
+        np = self.np
+        out = raw.astype(np.float32)
+        scale, zero_point = self.output["quantization"]
+        if scale:
+            out = (out - np.float32(zero_point)) * np.float32(scale)
+        out = out.reshape(-1, out.shape[-1])
+        return out if self.members else out[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def resize_bilinear(np, image, height: int, width: int):
+    """Bilinear resize of an (h, w, 3) image to float32 (height, width, 3).
+
+    The same arithmetic as TensorFlow's ``tf.image.resize(method="bilinear",
+    antialias=False)``, which kerascls training uses: half-pixel centers, edges clamped,
+    float32 throughout.
+    """
+    src = image.astype(np.float32)
+    in_h, in_w = src.shape[:2]
+
+    def axis(in_size, out_size):
+        scale = np.float32(in_size) / np.float32(out_size)
+        pos = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+        floor = np.floor(pos)
+        lower = np.maximum(floor, 0).astype(np.intp)
+        upper = np.minimum(np.ceil(pos), in_size - 1).astype(np.intp)
+        return lower, upper, (pos - floor).astype(np.float32)
+
+    y0, y1, ylerp = axis(in_h, height)
+    x0, x1, xlerp = axis(in_w, width)
+    xlerp = xlerp[None, :, None]
+    top_left, top_right = src[y0][:, x0], src[y0][:, x1]
+    bottom_left, bottom_right = src[y1][:, x0], src[y1][:, x1]
+    top = top_left + (top_right - top_left) * xlerp
+    bottom = bottom_left + (bottom_right - bottom_left) * xlerp
+    return top + (bottom - top) * ylerp[:, None, None]
+
+
+def _is_sixteen_bit(im) -> bool:
+    if im.mode in SIXTEEN_BIT_MODES:
+        return True
+    for tile in getattr(im, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return True
+    return False
+
+
+def read_rgb(np, Image, path: Path, convert: bool):
+    """Decode ``path`` to a uint8 (h, w, 3) RGB array.
+
+    Raises:
+        BadInput: for files that are not images, truncated images, and (without ``convert``)
+            images that are not 8-bit RGB.
+    """
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as im:
+            sixteen = _is_sixteen_bit(im)
+            mode = im.mode
+            im.load()
+            if mode == "P" and "transparency" not in im.info:
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            if mode == "RGB" and not sixteen:
+                return np.asarray(im, dtype=np.uint8)
+            kind = "16-bit" if sixteen else {"L": "grayscale", "LA": "grayscale with alpha",
+                                             "1": "1-bit", "RGBA": "RGBA", "P": "RGBA palette",
+                                             "CMYK": "CMYK", "YCbCr": "YCbCr"}.get(mode, mode)
+            if not convert:
+                raise BadInput(f"{kind} image (mode {mode}); the model takes 8-bit RGB. Convert "
+                               "it to RGB, or pass --convert to convert it the way kerascls "
+                               "training does")
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                arr = np.asarray(im, dtype=np.float64)
+                arr = arr / max(arr.max(), 1) * 255.0 if arr.max() > 255 else arr
+                return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=-1)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except BadInput:
+        raise
+    except FileNotFoundError:
+        raise BadInput("no such file") from None
+    except IsADirectoryError:
+        raise BadInput("is a directory") from None
+    except PermissionError:
+        raise BadInput("permission denied") from None
+    except Image.DecompressionBombError:
+        raise BadInput(f"image larger than {MAX_IMAGE_PIXELS} pixels") from None
+    except Image.UnidentifiedImageError:
+        raise BadInput("not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadInput(f"truncated or corrupt image ({str(exc).strip()[:80] or type(exc).__name__})"
+                       ) from None
+
+
+def expand_inputs(paths):
+    """Yield ``(path, problem)`` for every input; a directory yields its image files.
+
+    ``problem`` is None for a file to classify, or a one-line reason when the path itself cannot
+    be used (missing, unreadable directory).
+    """
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            try:
+                entries = sorted(os.scandir(p), key=lambda e: e.name)
+            except PermissionError:
+                yield p, "directory is not readable (permission denied)"
+                continue
+            except OSError as exc:
+                yield p, f"directory is not readable ({exc.strerror or exc})"
+                continue
+            images, others = [], 0
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    is_file = entry.is_file()
+                except OSError:
+                    is_file = False
+                if is_file and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    images.append(Path(entry.path))
+                elif is_file:
+                    others += 1
+            if others:
+                print(f"note: {p}: skipped {others} file(s) without an image extension "
+                      f"({' '.join(IMAGE_EXTENSIONS)})", file=sys.stderr)
+            if not images:
+                yield p, f"directory holds no images ({' '.join(IMAGE_EXTENSIONS)})"
+            yield from ((img, None) for img in images)
+        elif p.exists() or p.is_symlink():
+            yield p, None
+        else:
+            yield p, "no such file or directory"
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def top_k(np, probs, labels, k: int):
+    """The ``k`` most probable classes as ``[(label, index, probability), ...]``."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(labels[i], int(i), float(probs[i])) for i in order]
+
+
+def classify(model: Model, rgb, k: int) -> dict:
+    """Classify one decoded image; the result dict is what ``--json`` prints."""
+    np = model.np
+    probs = model.probabilities(model.invoke(model.prepare(rgb)))
+    result: dict = {}
+    if model.members:
+        mean, spread = probs.mean(axis=0), probs.std(axis=0)
+        best = int(np.argmax(mean))
+        result.update(label=model.labels[best], index=best, score=float(mean[best]),
+                      members=model.members, member_mean=float(mean[best]),
+                      member_std=float(spread[best]),
+                      member_min=float(probs[:, best].min()),
+                      member_max=float(probs[:, best].max()),
+                      member_agreement=float(np.mean(np.argmax(probs, axis=1) == best)))
+        probs = mean
+    else:
+        best = int(np.argmax(probs))
+        result.update(label=model.labels[best], index=best, score=float(probs[best]))
+    result["top_k"] = [{"label": lab, "index": i, "score": round(s, 6)}
+                       for lab, i, s in top_k(np, probs, model.labels, k)]
+    return result
+
+
+def format_result(path: Path, result: dict) -> str:
+    """One human-readable line for one image."""
+    line = f"{path}: {result['label']} ({result['score']:.3f})"
+    if "members" in result:
+        line += (f" mean of {result['members']} members, spread {result['member_std']:.3f} "
+                 f"(min {result['member_min']:.3f}, max {result['member_max']:.3f}, "
+                 f"{result['member_agreement']:.0%} agree)")
+    line += "  top-{}: ".format(len(result["top_k"]))
+    line += ", ".join(f"{t['label']} {t['score']:.3f}" for t in result["top_k"])
+    return line
+
+
+def percentile(values, q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation, like numpy's default."""
+    data = sorted(values)
+    if not data:
+        return float("nan")
+    pos = (len(data) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def benchmark(model: Model, Image, files, runs: int, convert: bool) -> dict:
+    """Time ``runs`` predictions cycling over ``files``.
+
+    ``end_to_end`` covers what the runner does per image (read and decode the file, resize,
+    quantize, invoke, read and dequantize the output, top-k); ``invoke`` covers
+    ``interpreter.invoke()`` alone on an already prepared input.
+    """
+    np = model.np
+    prepared = model.prepare(read_rgb(np, Image, files[0], convert))
+    for _ in range(min(10, runs)):
+        model.invoke(prepared)
+    k = min(5, len(model.labels))
+    e2e, bare = [], []
+    for i in range(runs):
+        path = files[i % len(files)]
+        t0 = time.perf_counter()
+        classify(model, read_rgb(np, Image, path, convert), k)
+        e2e.append(time.perf_counter() - t0)
+    model.interpreter.set_tensor(model.input["index"], prepared)
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.interpreter.invoke()
+        bare.append(time.perf_counter() - t0)
+    total = sum(e2e)
+    return {
+        "runs": runs,
+        "end_to_end_p50_ms": round(percentile(e2e, 50) * 1e3, 4),
+        "end_to_end_p90_ms": round(percentile(e2e, 90) * 1e3, 4),
+        "invoke_p50_ms": round(percentile(bare, 50) * 1e3, 4),
+        "invoke_p90_ms": round(percentile(bare, 90) * 1e3, 4),
+        "throughput_images_per_s": round(runs / total, 2) if total > 0 else float("inf"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_FATAL)
+
+
+def _positive(name):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer. "
+                                             f"Received: {text}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer. "
+                                             f"Received: {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="run_tflite.py", description=__doc__.split("\n\n")[0],
+                     allow_abbrev=False)
+    parser.add_argument("model", help="the .tflite model (its .json sidecar must lie beside it)")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                        help="image files, or folders whose jpg/png/bmp/gif files are classified")
+    parser.add_argument("--top-k", type=_positive("--top-k"), default=3,
+                        help="how many classes to list per image (default: 3)")
+    parser.add_argument("--threads", type=_positive("--threads"), default=1,
+                        help="interpreter threads (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+    parser.add_argument("--benchmark", type=_positive("--benchmark"), metavar="N",
+                        help="also time N predictions: p50/p90 latency and throughput")
+    parser.add_argument("--convert", action="store_true",
+                        help="convert grayscale, RGBA, CMYK and 16-bit images to RGB the way "
+                             "training does, instead of refusing them")
+    parser.add_argument("--no-sidecar", action="store_true",
+                        help="run without the sidecar: class indices as labels, the model's "
+                             "own input size")
+    parser.add_argument("--runtime", choices=("auto",) + RUNTIMES, default="auto",
+                        help="TFLite runtime (default: the first found of "
+                             f"{', '.join(RUNTIMES)})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def run(argv=None) -> int:
+    """Parse ``argv``, classify every input, print the results; return the exit status."""
+    args = build_parser().parse_args(argv)
+    np, Image = _import_numpy_pillow()
+    interpreter_cls, runtime = load_runtime(args.runtime)
+    t_start = time.perf_counter()
+    model = Model(Path(args.model), interpreter_cls, args.threads, not args.no_sidecar)
+    k = min(args.top_k, len(model.labels))
+    failed, done = 0, []
+    for path, problem in expand_inputs(args.inputs):
+        if problem is None:
+            try:
+                rgb = read_rgb(np, Image, path, args.convert)
+            except BadInput as exc:
+                problem = str(exc)
+        if problem is not None:
+            failed += 1
+            print(f"error: {path}: {problem}", file=sys.stderr)
+            continue
+        result = classify(model, rgb, k)
+        if not done:
+            result_first_s = time.perf_counter() - t_start
+        done.append(path)
+        if args.json:
+            print(json.dumps({"path": str(path), **result}), flush=True)
+        else:
+            print(format_result(path, result), flush=True)
+    if args.benchmark and done:
+        stats = benchmark(model, Image, done, args.benchmark, args.convert)
+        stats.update(runtime=runtime, threads=args.threads, model=str(model.path),
+                     first_prediction_s=round(result_first_s, 4))
+        if args.json:
+            print(json.dumps({"benchmark": stats}), flush=True)
+        else:
+            print(f"benchmark: {stats['runs']} runs, {runtime}, {args.threads} thread(s): "
+                  f"end-to-end p50 {stats['end_to_end_p50_ms']:.3f} ms, "
+                  f"p90 {stats['end_to_end_p90_ms']:.3f} ms, "
+                  f"{stats['throughput_images_per_s']:.1f} images/s; "
+                  f"invoke p50 {stats['invoke_p50_ms']:.3f} ms, "
+                  f"p90 {stats['invoke_p90_ms']:.3f} ms", flush=True)
+    if failed:
+        if done:
+            print(f"error: {failed} of {failed + len(done)} input(s) could not be classified",
+                  file=sys.stderr)
+        return EXIT_SOME_FAILED if done else EXIT_FATAL
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    """Entry point: every failure is one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        return run(argv)
+    except Fatal as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+        if os.environ.get("RUN_TFLITE_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: run_tflite.py failed: {type(exc).__name__}: {first} "
+              "(set RUN_TFLITE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_FATAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,7 +59,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = _field(40, "training epochs")
+    epochs: int = _field(30, "training epochs")
     batch_size: int = _field(64, "global batch size")
     optimizer: str = _field("adam", "optimizer", ("adam", "adamw", "sgd"))
     learning_rate: float = _field(0.002, "peak learning rate")

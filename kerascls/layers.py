@@ -161,3 +161,27 @@ def assemble(name: str, input_shape, backbone, head=None, *, normalize: str | No
     else:
         outputs = head(features)
     return keras.Model(inputs, outputs, name=name)
+
+
+@keras.saving.register_keras_serializable(package="kerascls")
+class Temperature(layers.Layer):
+    """Temperature scaling of probabilities: softmax(log(p) / T) (Guo et al. 2017).
+
+    Applied after a model's softmax so that the calibrated model keeps the same input and output
+    contract; ``T`` is fitted on the validation split and stored in ``metadata.json``.
+    """
+
+    def __init__(self, temperature: float = 1.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, probs):
+        logp = ops.log(ops.clip(ops.cast(probs, "float32"), 1e-12, 1.0))
+        return ops.softmax(logp / self.temperature, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}

@@ -1,0 +1,112 @@
+"""PNG plots written next to the JSON results (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    from kerascls.fileio import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    _plt().close(fig)
+    return path
+
+
+def training_curves(history: dict[str, list[float]], path: str | Path) -> Path:
+    """Loss and accuracy per epoch, training and validation."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            vals = history.get(prefix + key)
+            if vals:
+                ax.plot(range(1, len(vals) + 1), vals, style, label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def confusion_matrix(cm, labels: list[str], path: str | Path, title: str = "Confusion matrix") -> Path:
+    plt = _plt()
+    cm = np.asarray(cm)
+    size = max(4.0, 0.5 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    thresh = cm.max() / 2 if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > thresh else "black", fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def roc_curves(y_true, probs, labels: list[str], path: str | Path) -> Path:
+    """ROC of the positive class (binary) or one-vs-rest per class."""
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    classes = [1] if len(labels) == 2 else range(len(labels))
+    for i in classes:
+        if (y_true == i).any() and (y_true != i).any():
+            fpr, tpr, _ = roc_curve(y_true == i, probs[:, i])
+            ax.plot(fpr, tpr, label=labels[i])
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC" + (" (one-vs-rest)" if len(labels) > 2 else ""))
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def image_grid(images, titles: list[str], path: str | Path, ncols: int = 8,
+               title: str = "") -> Path:
+    """A grid of RGB images (float 0..255 or uint8)."""
+    plt = _plt()
+    n = len(images)
+    ncols = min(ncols, max(n, 1))
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.8 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, t in zip(axes.ravel(), images, titles):
+        ax.imshow(np.clip(np.asarray(img), 0, 255).astype(np.uint8), interpolation="nearest")
+        ax.set_title(t, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def channel_histograms(images, path: str | Path, bins: int = 32) -> Path:
+    """Per-channel pixel histograms (R, G, B)."""
+    plt = _plt()
+    images = np.asarray(images)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3), sharey=True)
+    for c, (ax, color) in enumerate(zip(axes, ("red", "green", "blue"))):
+        ax.hist(images[..., c].ravel(), bins=bins, range=(0, 255), color=color, alpha=0.8)
+        ax.set_title(f"{color} channel")
+        ax.set_xlabel("pixel value (0..255)")
+    return _save(fig, path)

@@ -1,0 +1,141 @@
+"""Loading a finished run directory: its manifest, config, model and data.
+
+Every consumer (evaluate, export, serving, compare, explain) goes through :func:`load_run`, so a
+run's labels, input size, normalization and temperature are read from one manifest and never
+guessed.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from kerascls.config import Config
+from kerascls.errors import UserError
+from kerascls.fileio import read_json
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+CONFIG_FILE = "config.yaml"
+
+
+class Run:
+    """A trained run directory.
+
+    Attributes:
+        path: the run directory.
+        metadata: the manifest (``metadata.json``).
+        config: the resolved :class:`kerascls.config.Config`.
+    """
+
+    def __init__(self, path: Path, metadata: dict, config: Config):
+        self.path = path
+        self.metadata = metadata
+        self.config = config
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.metadata["model_name"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.metadata["labels"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.metadata["image_size"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.metadata.get("temperature", 1.0))
+
+    @property
+    def is_bayesian(self) -> bool:
+        return self.metadata.get("framework", "keras") == "tf_keras"
+
+    # -- models ---------------------------------------------------------------------------------
+    @functools.cached_property
+    def model(self):
+        """The trained model: a Keras 3 model, or the Bayesian predictor for tf_keras runs."""
+        if self.is_bayesian:
+            from kerascls.models import bayesian
+
+            return bayesian.load_predictor(self.path)
+        import keras
+
+        import kerascls.layers  # noqa: F401 - registers custom layers for deserialization
+
+        path = self.path / MODEL_FILE
+        if not path.is_file():
+            raise UserError(f"run directory {self.path} has no model ({MODEL_FILE})")
+        return keras.saving.load_model(path, compile=False)
+
+    def deployable(self):
+        """The Keras model that exports convert: the model with its fitted temperature applied."""
+        if self.is_bayesian:
+            raise UserError("Bayesian runs are exported through their Monte Carlo predictor")
+        model = self.model
+        if abs(self.temperature - 1.0) < 1e-9:
+            return model
+        import keras
+
+        from kerascls.layers import Temperature
+
+        outputs = Temperature(self.temperature, name="calibrated")(model.outputs[0])
+        return keras.Model(model.inputs, outputs, name=f"{model.name}_calibrated")
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256, calibrated: bool = True):
+        """Class probabilities for float32 0..255 images at the run's input size."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.is_bayesian:
+            return self.model.predict_proba(x, batch_size=batch_size)
+        probs = self.model.predict(x, batch_size=batch_size, verbose=0)
+        probs = np.asarray(probs, dtype=np.float32)
+        if calibrated and abs(self.temperature - 1.0) > 1e-9:
+            from kerascls.metrics import apply_temperature
+
+            probs = apply_temperature(probs, self.temperature)
+        return probs
+
+    def signature_outputs(self, pixels, n: int | None = None) -> dict:
+        """TF-traceable outputs for a float32 0..255 batch: ``probabilities`` (+ uncertainty for BNNs)."""
+        if self.is_bayesian:
+            return self.model.signature_outputs(pixels, n or self.config.eval.mc_samples)
+        return {"probabilities": self.deployable()(pixels, training=False)}
+
+    # -- data -----------------------------------------------------------------------------------
+    def dataset(self, dataset: str | None = None):
+        """The run's splits recreated from its config (or ``dataset`` at the run's input size)."""
+        from kerascls.data import load_dataset
+
+        d = self.config.data
+        return load_dataset(
+            dataset or d.dataset, self.image_size, seed=self.config.train.seed,
+            val_fraction=d.val_fraction, test_fraction=d.test_fraction, data_dir=d.data_dir,
+            num_examples=d.num_examples, sentiment_size=d.sentiment_size, noise=d.noise,
+            imbalance=d.imbalance)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Open a run directory written by ``python -m kerascls.train``; UserError if it is not one."""
+    path = Path(run_dir).expanduser()
+    if not path.exists():
+        raise UserError(f"run directory not found: {run_dir}")
+    if not path.is_dir():
+        raise UserError(f"not a run directory (not a folder): {run_dir}")
+    meta_path = path / METADATA_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{run_dir} is not a finished run: {METADATA_FILE} is missing")
+    try:
+        metadata = read_json(meta_path)
+    except ValueError as exc:
+        raise UserError(f"{meta_path} is not valid JSON: {exc}") from None
+    cfg_path = path / CONFIG_FILE
+    config = Config.load(cfg_path) if cfg_path.is_file() else Config()
+    run = Run(path, metadata, config)
+    if not run.is_bayesian and not (path / MODEL_FILE).is_file():
+        raise UserError(f"run directory {run_dir} has no model ({MODEL_FILE})")
+    return run

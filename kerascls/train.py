@@ -1,0 +1,359 @@
+"""``python -m kerascls.train``: train a registered model on a dataset, evaluate it, export it.
+
+Example:
+    python -m kerascls.train                                   # lenet on digits, 32x32
+    python -m kerascls.train --dataset sentiment --model seed_cnn --epochs 30
+
+A run killed at any point and started again with the same command resumes after the last
+finished epoch (Keras ``BackupAndRestore``). A NaN loss stops the run with a clear message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kerascls import __version__
+from kerascls.config import Config, make_parser, resolve
+from kerascls.errors import UserError, cli_main
+from kerascls.fileio import atomic_write_json
+
+log = logging.getLogger("kerascls.train")
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in text.replace(":", "-"))
+    return keep.strip("-")[:60] or "run"
+
+
+def run_directory(cfg: Config) -> Path:
+    """The run directory: resume an unfinished run, never overwrite a finished one."""
+    base = Path(cfg.train.output_dir)
+    name = cfg.train.run_name or f"{cfg.model.model}-{_slug(Path(cfg.data.dataset).name if cfg.data.dataset.startswith('folder:') else cfg.data.dataset)}"
+    candidate, i = base / name, 1
+    while (candidate / "metadata.json").exists() and not (candidate / "backup").exists():
+        i += 1
+        candidate = base / f"{name}-{i}"
+    return candidate
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int, lr_scale: float = 1.0):
+    """Adam, AdamW or SGD with momentum, on a constant, cosine or step schedule with warmup."""
+    import keras
+
+    t = cfg.train
+    lr = t.learning_rate * lr_scale
+    total = max(1, t.epochs * steps_per_epoch)
+    warm = t.warmup_epochs * steps_per_epoch
+    if t.schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0 if warm else lr, max(1, total - warm), alpha=0.0,
+            warmup_target=lr if warm else None, warmup_steps=warm)
+    elif t.schedule == "constant":
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0 if warm else lr, max(1, total - warm), alpha=1.0,
+            warmup_target=lr if warm else None, warmup_steps=warm) if warm else lr
+    else:
+        bounds = [warm + k * t.step_epochs * steps_per_epoch
+                  for k in range(1, max(1, t.epochs // max(1, t.step_epochs)) + 1)]
+        values = [lr * t.step_gamma ** k for k in range(len(bounds) + 1)]
+        step = keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
+        schedule = WarmupSchedule(step, warm, lr) if warm else step
+    wd = t.weight_decay or None
+    if t.optimizer == "adam":
+        return keras.optimizers.Adam(schedule)
+    if t.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=t.weight_decay or 0.004)
+    return keras.optimizers.SGD(schedule, momentum=t.momentum, weight_decay=wd)
+
+
+def _warmup_base():
+    import keras
+
+    return keras.optimizers.schedules.LearningRateSchedule
+
+
+class WarmupSchedule(_warmup_base()):
+    """Linear warmup to ``target`` over ``warmup_steps``, then ``after(step - warmup_steps)``."""
+
+    def __init__(self, after, warmup_steps: int, target: float):
+        self.after = after
+        self.warmup_steps = int(warmup_steps)
+        self.target = float(target)
+
+    def __call__(self, step):
+        from keras import ops
+
+        step = ops.cast(step, "float32")
+        warm = self.target * step / max(1, self.warmup_steps)
+        return ops.where(step < self.warmup_steps, warm, self.after(step))
+
+    def get_config(self):
+        import keras
+
+        return {"after": keras.saving.serialize_keras_object(self.after),
+                "warmup_steps": self.warmup_steps, "target": self.target}
+
+    @classmethod
+    def from_config(cls, config):
+        import keras
+
+        config = dict(config)
+        config["after"] = keras.saving.deserialize_keras_object(config["after"])
+        return cls(**config)
+
+
+class StopOnNaN:
+    """Factory for a callback that stops on a NaN/inf loss and remembers the epoch."""
+
+    @staticmethod
+    def make():
+        import keras
+
+        class _StopOnNaN(keras.callbacks.Callback):
+            nan_epoch = None
+
+            def on_train_batch_end(self, batch, logs=None):
+                loss = (logs or {}).get("loss")
+                if loss is not None and not math.isfinite(float(loss)):
+                    self.nan_epoch = getattr(self, "_epoch", 0) + 1
+                    self.model.stop_training = True
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._epoch = epoch
+
+        return _StopOnNaN()
+
+
+def _read_history(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        return {}
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    hist: dict[str, list[float]] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k != "epoch" and v not in (None, ""):
+                hist.setdefault(k, []).append(float(v))
+    return hist
+
+
+def _truncate_history(path: Path, epochs_done: int) -> None:
+    """Keep the CSV rows of finished epochs only (a kill can land between the log and the backup)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    if len(lines) > epochs_done + 1:
+        path.write_text("\n".join(lines[: epochs_done + 1]) + "\n")
+
+
+def _fit_keras(cfg: Config, splits, run_dir: Path, image_size: int) -> dict[str, list[float]]:
+    import keras
+
+    from kerascls.data.pipeline import class_weights, make_dataset, parse_augment
+    from kerascls.registry import build_model
+
+    t = cfg.train
+    nc = splits.num_classes
+    train_ds = make_dataset(splits.x_train, splits.y_train, nc, t.batch_size, training=True,
+                            augment=parse_augment(cfg.data.augment), seed=t.seed)
+    val_ds = make_dataset(splits.x_val, splits.y_val, nc, t.batch_size)
+    steps = max(1, math.ceil(len(splits.x_train) / t.batch_size))
+
+    model = build_model(cfg.model.model, (image_size, image_size, 3), nc,
+                        normalize=cfg.data.normalize, dropout=cfg.model.dropout)
+    if cfg.model.pretrained:
+        from kerascls.transfer import load_pretrained
+
+        load_pretrained(model, cfg.model.pretrained)
+
+    backup = run_dir / "backup"
+    meta = backup / "training_metadata.json"
+    epochs_done = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
+    _truncate_history(run_dir / "history.csv", epochs_done)
+    if epochs_done:
+        print(f"Resuming {run_dir} after epoch {epochs_done}/{t.epochs}", file=sys.stderr)
+
+    cw = class_weights(splits.y_train, nc) if cfg.data.class_weight == "balanced" else None
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing)
+
+    def callbacks(phase_backup: Path):
+        ckpt = keras.callbacks.ModelCheckpoint(
+            str(run_dir / "model.keras"), monitor="val_loss", save_best_only=True, verbose=0)
+        prev = _read_history(run_dir / "history.csv").get("val_loss")
+        if prev:
+            ckpt.best = min(prev)
+        cbs = [
+            keras.callbacks.BackupAndRestore(str(phase_backup), double_checkpoint=True),
+            ckpt,
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+            keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+            nan_cb,
+        ]
+        if t.early_stopping:
+            cbs.append(keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=t.early_stopping, restore_best_weights=False))
+        return cbs
+
+    nan_cb = StopOnNaN.make()
+    phases = []
+    if cfg.model.freeze_backbone:
+        from kerascls.transfer import set_backbone_trainable
+
+        head_epochs = max(1, t.epochs // 3)
+        phases.append(("head", head_epochs, 1.0, False, set_backbone_trainable))
+        phases.append(("finetune", t.epochs, 0.1, True, set_backbone_trainable))
+    else:
+        phases.append(("all", t.epochs, 1.0, True, None))
+
+    start = 0
+    for phase, until, lr_scale, trainable, set_trainable in phases:
+        if set_trainable is not None:
+            set_trainable(model, trainable)
+        model.compile(optimizer=make_optimizer(cfg, steps, lr_scale), loss=loss,
+                      metrics=["accuracy"])
+        phase_backup = backup / phase if len(phases) > 1 else backup
+        done_marker = backup / f"{phase}.done.weights.h5"
+        if done_marker.is_file():
+            model.load_weights(done_marker)
+            start = until
+            continue
+        if not model.built:
+            model.build((None, image_size, image_size, 3))
+        model.fit(train_ds, validation_data=val_ds, epochs=until, initial_epoch=start,
+                  callbacks=callbacks(phase_backup), class_weight=cw, verbose=t.verbose)
+        if nan_cb.nan_epoch is not None:
+            raise UserError(
+                f"loss became NaN at epoch {nan_cb.nan_epoch}; lower --learning-rate "
+                f"(was {t.learning_rate}) or check the data. Run kept in {run_dir}")
+        if len(phases) > 1:
+            model.save_weights(done_marker)
+        start = until
+    return _read_history(run_dir / "history.csv")
+
+
+def _check_model_input(cfg: Config, image_size: int):
+    from kerascls.registry import get_spec
+
+    spec = get_spec(cfg.model.model)
+    if image_size < spec.min_size:
+        raise UserError(f"--image-size {image_size} is too small for {spec.name}: it needs at least "
+                        f"{spec.min_size}x{spec.min_size}")
+    return spec
+
+
+def train(cfg: Config) -> Path:
+    """Train, evaluate and export as ``cfg`` says; return the run directory."""
+    import keras
+
+    from kerascls.data import load_dataset
+    from kerascls.registry import get_spec
+
+    spec = get_spec(cfg.model.model)
+    image_size = cfg.data.image_size or spec.default_size
+    _check_model_input(cfg, image_size)
+    d = cfg.data
+    splits = load_dataset(d.dataset, image_size, seed=cfg.train.seed, val_fraction=d.val_fraction,
+                          test_fraction=d.test_fraction, data_dir=d.data_dir,
+                          num_examples=d.num_examples, sentiment_size=d.sentiment_size,
+                          noise=d.noise, imbalance=d.imbalance)
+    cfg.data.image_size = image_size
+    run_dir = run_directory(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    keras.utils.set_random_seed(cfg.train.seed)
+
+    t0 = time.perf_counter()
+    if spec.framework == "tf_keras":
+        from kerascls.models import bayesian
+
+        history = bayesian.fit_run(cfg, splits, run_dir)
+    else:
+        history = _fit_keras(cfg, splits, run_dir, image_size)
+    train_seconds = time.perf_counter() - t0
+
+    metadata = {
+        "model_name": spec.name,
+        "family": spec.family,
+        "framework": spec.framework,
+        "dataset": d.dataset,
+        "labels": splits.class_names,
+        "num_classes": splits.num_classes,
+        "input_shape": [image_size, image_size, 3],
+        "image_size": image_size,
+        "resize_method": "bilinear",
+        "normalize": d.normalize,
+        "input_range": [0, 255],
+        "temperature": 1.0,
+        "train_seconds": round(train_seconds, 2),
+        "epochs_trained": len(history.get("loss", [])),
+        "num_train_examples": int(len(splits.x_train)),
+        "backend": keras.backend.backend(),
+        "versions": _versions(),
+    }
+    atomic_write_json(run_dir / "metadata.json", metadata)
+    from kerascls import plots
+
+    if history:
+        plots.training_curves(history, run_dir / "training_curves.png")
+    finalize_run(run_dir, splits)
+    _cleanup_backup(run_dir)
+    if cfg.export.formats.strip():
+        from kerascls.export import export_run
+
+        export_run(run_dir, cfg.export.formats, models_dir=cfg.export.models_dir or None,
+                   representative_size=cfg.export.representative_size)
+    return run_dir
+
+
+def finalize_run(run_dir: Path, splits) -> dict:
+    """Post-training steps on the saved best model: evaluation on the test split into metadata."""
+    from kerascls.evaluate import evaluate_run
+    from kerascls.fileio import read_json
+    from kerascls.runs import load_run
+
+    run = load_run(run_dir)
+    metrics = evaluate_run(run, splits=splits)
+    meta = read_json(run_dir / "metadata.json")
+    meta["metrics"] = {k: v for k, v in metrics.items()
+                       if isinstance(v, (int, float)) or v is None}
+    atomic_write_json(run_dir / "metadata.json", meta)
+    return metrics
+
+
+def _cleanup_backup(run_dir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"kerascls": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
+            "python": sys.version.split()[0], "numpy": np.__version__}
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    parser = make_parser("python -m kerascls.train", __doc__.splitlines()[0])
+    cfg = resolve(parser.parse_args(argv))
+    run_dir = train(cfg)
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    m = meta.get("metrics", {})
+    print(f"run: {run_dir}  test accuracy {m.get('accuracy', float('nan')):.4f}  "
+          f"macro-F1 {m.get('macro_f1', float('nan')):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

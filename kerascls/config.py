@@ -55,6 +55,9 @@ class ModelConfig:
     dropout: float = _field(0.0, "dropout before the classifier")
     pretrained: str = _field("", "ImageNet weights file compatible with keras.applications")
     freeze_backbone: bool = _field(False, "train the head first, then fine-tune everything")
+    prior_scale: float = _field(1.0, "Bayesian models: sigma of the N(0, sigma^2) weight prior")
+    bnn_trunk: str = _field("flipout", "bnn_cnn: Flipout or deterministic convolutions under "
+                            "the Flipout head", ("flipout", "deterministic"))
 
 
 @dataclasses.dataclass
@@ -274,6 +277,8 @@ def validate(cfg: Config) -> None:
             hint = f" Did you mean {close[0]}?" if close else ""
             raise UserError(f"--augment: unknown augmentation '{aug}'.{hint} "
                             f"Allowed: {', '.join(AUGMENTATIONS)}")
+    if not cfg.model.prior_scale > 0:
+        raise UserError(f"--prior-scale must be positive. Received: {cfg.model.prior_scale}")
     if cfg.eval.mc_samples <= 0:
         raise UserError(f"--mc-samples must be a positive integer. Received: {cfg.eval.mc_samples}")
     if cfg.eval.tta < 0:

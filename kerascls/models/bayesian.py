@@ -1,0 +1,779 @@
+"""Bayesian neural networks from TensorFlow Probability's Flipout layers.
+
+This module is the only place in kerascls that imports ``tensorflow_probability`` or ``tf_keras``:
+TFP's variational layers are Keras 2 layers, so the Bayesian models are ``tf_keras`` models and
+everything that touches them (building, training, saving, Monte Carlo prediction, the TFLite
+ensemble) lives here. The rest of the package sees a run whose ``metadata["framework"]`` is
+``"tf_keras"`` and talks to it through :func:`fit_run`, :func:`load_predictor` and
+:func:`export_tflite`.
+
+The model (the visual-sentiment lab's BNN):
+
+* prior ``p(w) = N(0, sigma^2)`` on every kernel weight (``prior_scale`` = sigma);
+* mean-field Gaussian posterior ``q(w) = N(mu, softplus(rho)^2)`` per weight, biases are point
+  estimates;
+* Flipout estimates the expected log-likelihood with pseudo-independent weight perturbations
+  per example (Wen et al. 2018);
+* the training loss is the negative ELBO per example: the mean cross-entropy plus
+  ``KL(q || p) / num_train_examples``.
+
+Variants (``VARIANTS``):
+
+* ``bnn_mlp``: flatten, DenseFlipout 128, DenseFlipout 64, DenseFlipout N.
+* ``bnn_cnn``: LeNet-5 in Flipout layers, as in TensorFlow Probability's
+  ``bayesian_neural_network`` example: conv 6@5x5, pool, conv 16@5x5, pool, fc 120, fc 84, fc N.
+  ``trunk="flipout"`` makes the convolutions Flipout layers too; ``trunk="deterministic"`` keeps
+  ordinary convolutions under the Flipout head. The shape matches the registry's ``lenet``, which
+  is the deterministic baseline it is compared with.
+
+Prediction draws ``S`` Monte Carlo forward passes (fresh weights each pass) and summarizes them
+with :mod:`kerascls.uncertainty`. Flipout's random sign ops are not TFLite builtins, so the TFLite
+export is a ``K``-member ensemble of deterministic networks whose weights are posterior samples.
+
+A run directory of a Bayesian model holds ``bnn.weights.h5`` (the tf_keras weights) and
+``bnn.json`` (the registry name and the builder arguments that rebuild the model).
+
+References:
+    Blundell et al. 2015, "Weight Uncertainty in Neural Networks".
+    Wen et al. 2018, "Flipout: Efficient Pseudo-Independent Weight Perturbations on
+    Mini-Batches".
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kerascls.errors import UserError
+from kerascls.fileio import atomic_path, atomic_write_json, read_json
+from kerascls.registry import register
+
+log = logging.getLogger("kerascls.bayesian")
+
+WEIGHTS_FILE = "bnn.weights.h5"
+BUILD_FILE = "bnn.json"
+TRUNKS = ("flipout", "deterministic")
+ENSEMBLE_MEMBERS = 10
+ENSEMBLE_SEED = 0
+TFLITE_VARIANTS = ("float32", "dynamic", "float16", "int8")
+_EPS = 1e-12
+
+PAPER = ("Blundell et al. 2015, Weight Uncertainty in Neural Networks; Wen et al. 2018, "
+         "Flipout: Efficient Pseudo-Independent Weight Perturbations on Mini-Batches")
+
+# name -> architecture: convolutions as (filters, kernel) with 2x2 max pooling after each,
+# then the hidden Dense widths; the output layer has num_classes units.
+VARIANTS = {
+    "bnn_mlp": dict(convs=(), hidden=(128, 64), default_size=16, min_size=4,
+                    paper=f"Bayesian MLP with Flipout layers ({PAPER})"),
+    "bnn_cnn": dict(convs=((6, 5), (16, 5)), hidden=(120, 84), default_size=32, min_size=16,
+                    paper=f"LeNet-5 (LeCun et al. 1998) with Flipout layers ({PAPER})"),
+}
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _tfk():
+    import tf_keras
+
+    return tf_keras
+
+
+def _tfp():
+    import tensorflow_probability as tfp
+
+    return tfp
+
+
+# --------------------------------------------------------------------------------------------
+# building
+
+
+def _prior_fn(dtype, shape, name, trainable, add_variable_fn, *, scale: float):
+    """The fixed prior ``N(0, scale^2)`` on every element of a kernel (TFP ``kernel_prior_fn``)."""
+    tf, tfd = _tf(), _tfp().distributions
+    normal = tfd.Normal(loc=tf.zeros(shape, dtype), scale=tf.cast(scale, dtype))
+    return tfd.Independent(normal, reinterpreted_batch_ndims=len(shape))
+
+
+def _scaled_kl(q, p, _, *, weight: float):
+    """``KL(q || p) * weight``: with ``weight = 1 / N`` the summed layer losses are KL per example."""
+    return _tfp().distributions.kl_divergence(q, p) * weight
+
+
+def _variational_kwargs(prior_scale: float, kl_weight: float, posterior_scale_init: float):
+    """Keyword arguments of a Flipout layer: prior, mean-field posterior, scaled KL."""
+    tfk, tfp = _tfk(), _tfp()
+    posterior = tfp.layers.default_mean_field_normal_fn(
+        loc_initializer=tfk.initializers.HeNormal(),
+        untransformed_scale_initializer=tfk.initializers.RandomNormal(
+            mean=posterior_scale_init, stddev=0.1))
+    return dict(
+        kernel_prior_fn=functools.partial(_prior_fn, scale=prior_scale),
+        kernel_posterior_fn=posterior,
+        kernel_divergence_fn=functools.partial(_scaled_kl, weight=kl_weight),
+    )
+
+
+def preprocessing_layer(normalize: str, name: str = "normalize"):
+    """The tf_keras twin of :func:`kerascls.layers.preprocessing_layer` (RGB 0..255 in)."""
+    from kerascls.layers import NORMALIZATIONS
+
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalize must be one of {', '.join(NORMALIZATIONS)}. Received: normalize={normalize}"
+        )
+    mean, std = NORMALIZATIONS[normalize]
+    return _tfk().layers.Normalization(
+        mean=[m * 255.0 for m in mean], variance=[(s * 255.0) ** 2 for s in std], name=name)
+
+
+def build_bnn(input_shape, num_classes: int, *, convs, hidden, normalize: str | None = None,
+              trunk: str = "flipout", prior_scale: float = 1.0, num_train_examples: int = 1,
+              posterior_scale_init: float = -5.0, dropout: float = 0.0,
+              activation: str = "relu", name: str = "bnn"):
+    """Build a Bayesian network of Flipout layers as a ``tf_keras`` model.
+
+    Args:
+        input_shape: ``(H, W, C)``; the input (``pixels``) is RGB float32 in 0..255.
+        num_classes: number of classes; the output (``predictions``) is softmax probabilities.
+        convs: ``(filters, kernel)`` per convolution (valid padding, ReLU, 2x2 max pooling).
+        hidden: widths of the hidden DenseFlipout layers.
+        normalize: normalization inside the model (``imagenet``, ``unit``, ``none``), or None.
+        trunk: ``flipout`` (Bayesian convolutions) or ``deterministic`` (ordinary convolutions
+            under the Bayesian head).
+        prior_scale: standard deviation sigma of the ``N(0, sigma^2)`` weight prior.
+        num_train_examples: the KL term is divided by this, so that the training loss is the
+            negative ELBO per example.
+        posterior_scale_init: initial ``rho`` of the posterior scale ``softplus(rho)``.
+        dropout: dropout before the output layer.
+        activation: hidden activation.
+        name: model name.
+    """
+    if trunk not in TRUNKS:
+        raise UserError(f"--bnn-trunk must be one of {', '.join(TRUNKS)}. Received: {trunk}")
+    if not convs and trunk != "flipout":
+        raise UserError(f"--bnn-trunk {trunk} needs a convolutional model; {name} has no "
+                        "convolutions (use bnn_cnn)")
+    if not prior_scale > 0:
+        raise UserError(f"--prior-scale must be positive. Received: {prior_scale}")
+    if int(num_train_examples) < 1:
+        raise UserError(f"num_train_examples must be a positive integer. "
+                        f"Received: {num_train_examples}")
+    tfk, tfp = _tfk(), _tfp()
+    L = tfk.layers
+    kw = lambda: _variational_kwargs(  # noqa: E731 - a fresh posterior initializer per layer
+        float(prior_scale), 1.0 / int(num_train_examples), float(posterior_scale_init))
+    inputs = tfk.Input(shape=tuple(input_shape), name="pixels")
+    x = preprocessing_layer(normalize)(inputs) if normalize else inputs
+    for i, (filters, kernel) in enumerate(convs, start=1):
+        if trunk == "flipout":
+            x = tfp.layers.Convolution2DFlipout(filters, kernel, activation=activation,
+                                                name=f"conv{i}", **kw())(x)
+        else:
+            x = L.Conv2D(filters, kernel, activation=activation, kernel_initializer="he_normal",
+                         name=f"conv{i}")(x)
+        x = L.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = L.Flatten(name="flatten")(x)
+    for i, units in enumerate(hidden, start=1):
+        x = tfp.layers.DenseFlipout(units, activation=activation, name=f"dense{i}", **kw())(x)
+    if dropout:
+        x = L.Dropout(dropout, name="head_dropout")(x)
+    x = tfp.layers.DenseFlipout(num_classes, name="logits", **kw())(x)
+    outputs = L.Activation("softmax", dtype="float32", name="predictions")(x)
+    return tfk.Model(inputs, outputs, name=name)
+
+
+for _name, _cfg in VARIANTS.items():
+    register(_name, family="bayesian", framework="tf_keras", default_size=_cfg["default_size"],
+             min_size=_cfg["min_size"], paper=_cfg["paper"])(
+        functools.partial(build_bnn, convs=_cfg["convs"], hidden=_cfg["hidden"], name=_name)
+    )
+
+
+def variational_layers(model) -> list:
+    """The model's Flipout layers (those holding a kernel posterior)."""
+    return [layer for layer in model.layers if hasattr(layer, "kernel_posterior_fn")]
+
+
+def kl_per_example(model) -> float:
+    """The KL term of the loss, ``KL(q || p) / num_train_examples``, summed over the layers."""
+    total = 0.0
+    for layer in variational_layers(model):
+        q, p = layer.kernel_posterior, layer.kernel_prior
+        total += float(layer.kernel_divergence_fn(q, p, None))
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# saving and loading
+
+
+def _build_from_spec(spec: dict):
+    from kerascls.registry import build_model
+
+    return build_model(spec["model_name"], tuple(spec["input_shape"]), int(spec["num_classes"]),
+                       **spec["overrides"])
+
+
+def save_model(model, run_dir: Path, spec: dict) -> None:
+    """Write ``bnn.weights.h5`` and ``bnn.json`` (atomically, weights first)."""
+    run_dir = Path(run_dir)
+    with atomic_path(run_dir / WEIGHTS_FILE, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
+    atomic_write_json(run_dir / BUILD_FILE, spec)
+
+
+def load_model(run_dir: Path):
+    """Rebuild the tf_keras model of a Bayesian run and load its weights."""
+    run_dir = Path(run_dir)
+    spec_path, weights = run_dir / BUILD_FILE, run_dir / WEIGHTS_FILE
+    if not spec_path.is_file() or not weights.is_file():
+        raise UserError(f"{run_dir} holds no Bayesian model ({BUILD_FILE} and {WEIGHTS_FILE})")
+    spec = read_json(spec_path)
+    model = _build_from_spec(spec)
+    model.load_weights(str(weights))
+    return model, spec
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def _learning_rate(t, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based): linear warmup, then cosine, step or constant.
+
+    Per-epoch values of the schedules :func:`kerascls.train.make_optimizer` applies per step.
+    """
+    lr = t.learning_rate
+    if epoch < t.warmup_epochs:
+        return lr * (epoch + 1) / (t.warmup_epochs + 1)
+    if t.schedule == "constant":
+        return lr
+    if t.schedule == "cosine":
+        span = max(1, t.epochs - t.warmup_epochs)
+        return 0.5 * lr * (1.0 + math.cos(math.pi * (epoch - t.warmup_epochs) / span))
+    return lr * t.step_gamma ** ((epoch - t.warmup_epochs) // max(1, t.step_epochs))
+
+
+def _optimizer(t):
+    tfk = _tfk()
+    if t.optimizer == "adam":
+        return tfk.optimizers.Adam(t.learning_rate)
+    if t.optimizer == "adamw":
+        return tfk.optimizers.AdamW(t.learning_rate, weight_decay=t.weight_decay or 0.004)
+    return tfk.optimizers.SGD(t.learning_rate, momentum=t.momentum,
+                              weight_decay=t.weight_decay or None)
+
+
+def _best_weights_callback(model, run_dir: Path, spec: dict, best: float):
+    """A tf_keras callback saving the model whenever ``val_loss`` improves on ``best``."""
+    tfk = _tfk()
+
+    class BestWeights(tfk.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = best
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get("val_loss")
+            if value is None or not math.isfinite(value) or value >= self.best:
+                return
+            self.best = float(value)
+            save_model(model, run_dir, {**spec, "best_epoch": epoch + 1,
+                                        "best_val_loss": self.best})
+
+    return BestWeights()
+
+
+def _stop_on_nan_callback():
+    tfk = _tfk()
+
+    class StopOnNaN(tfk.callbacks.Callback):
+        nan_epoch = None
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.nan_epoch = self.epoch + 1
+                self.model.stop_training = True
+
+    return StopOnNaN()
+
+
+def check_backend(model_name: str) -> None:
+    """Refuse to train a tf_keras model unless Keras runs on TensorFlow."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise UserError(f"{model_name} needs the tensorflow Keras backend; received "
+                        f"KERAS_BACKEND={backend}")
+
+
+def fit_run(cfg, splits, run_dir: Path) -> dict[str, list[float]]:
+    """Train the Bayesian model ``cfg.model.model`` on ``splits`` into ``run_dir``.
+
+    The loss is the negative ELBO per example (cross-entropy plus KL / number of training
+    examples). The epoch with the lowest validation loss is saved as ``bnn.weights.h5`` and
+    ``bnn.json``; the per-epoch log goes to ``history.csv`` and TensorBoard logs to ``logs/``. A
+    run killed and started again resumes after its last finished epoch
+    (``tf_keras.callbacks.BackupAndRestore`` in ``run_dir/backup``).
+
+    Args:
+        cfg: the resolved :class:`kerascls.config.Config`.
+        splits: :class:`kerascls.data.DatasetSplits` at the model's input size.
+        run_dir: the run directory.
+
+    Returns:
+        The history, ``{"loss": [...], "accuracy": [...], "val_loss": [...], ...}``, of every
+        epoch, resumed ones included.
+    """
+    from kerascls.data.pipeline import class_weights, make_dataset, parse_augment
+    from kerascls.train import _read_history, _truncate_history
+
+    name = cfg.model.model
+    check_backend(name)
+    if cfg.model.pretrained:
+        raise UserError(f"--pretrained is not available for the Bayesian model {name}")
+    if cfg.model.freeze_backbone:
+        raise UserError(f"--freeze-backbone is not available for the Bayesian model {name}")
+    tfk = _tfk()
+    t = cfg.train
+    run_dir = Path(run_dir)
+    size = splits.image_size
+    nc = splits.num_classes
+    n_train = int(len(splits.x_train))
+    tfk.utils.set_random_seed(t.seed)
+    spec = {
+        "model_name": name,
+        "input_shape": [size, size, 3],
+        "num_classes": nc,
+        "overrides": {
+            "normalize": cfg.data.normalize,
+            "dropout": float(cfg.model.dropout),
+            "prior_scale": float(cfg.model.prior_scale),
+            "trunk": cfg.model.bnn_trunk,
+            "num_train_examples": n_train,
+        },
+    }
+    model = _build_from_spec(spec)
+    model.compile(optimizer=_optimizer(t),
+                  loss=tfk.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
+                  metrics=["accuracy"])
+
+    train_ds = make_dataset(splits.x_train, splits.y_train, nc, t.batch_size, training=True,
+                            augment=parse_augment(cfg.data.augment), seed=t.seed)
+    val_ds = make_dataset(splits.x_val, splits.y_val, nc, t.batch_size)
+
+    backup = run_dir / "backup"
+    history_csv = run_dir / "history.csv"
+    resuming = backup.is_dir() and any(backup.iterdir())
+    best = math.inf
+    if resuming:
+        previous = _read_history(history_csv)
+        # tf_keras BackupAndRestore saves at the end of each epoch, after the CSV row.
+        _truncate_history(history_csv, len(previous.get("loss", [])))
+        if previous.get("val_loss"):
+            best = min(previous["val_loss"])
+        print(f"Resuming {run_dir} after epoch {len(previous.get('loss', []))}/{t.epochs}",
+              file=sys.stderr)
+    elif history_csv.exists():
+        history_csv.unlink()
+
+    nan_cb = _stop_on_nan_callback()
+    callbacks = [
+        tfk.callbacks.BackupAndRestore(str(backup)),
+        tfk.callbacks.LearningRateScheduler(lambda epoch, lr: _learning_rate(t, epoch)),
+        tfk.callbacks.CSVLogger(str(history_csv), append=True),
+        _best_weights_callback(model, run_dir, spec, best),
+        tfk.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        nan_cb,
+    ]
+    if t.early_stopping:
+        callbacks.append(tfk.callbacks.EarlyStopping(monitor="val_loss",
+                                                     patience=t.early_stopping))
+    cw = class_weights(splits.y_train, nc) if cfg.data.class_weight == "balanced" else None
+    model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, callbacks=callbacks,
+              class_weight=cw, verbose=t.verbose)
+    if nan_cb.nan_epoch is not None:
+        raise UserError(f"loss became NaN at epoch {nan_cb.nan_epoch}; lower --learning-rate "
+                        f"(was {t.learning_rate}) or raise --prior-scale. Run kept in {run_dir}")
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        # no finite validation loss was ever seen: keep the last weights
+        save_model(model, run_dir, spec)
+    shutil.rmtree(backup, ignore_errors=True)
+    return _read_history(history_csv)
+
+
+# --------------------------------------------------------------------------------------------
+# Monte Carlo prediction
+
+
+def mc_tensors(model, pixels, n):
+    """``(n, batch, classes)`` probabilities of ``n`` forward passes, each with fresh weights.
+
+    TF-traceable: the passes run in a ``tf.while_loop`` (``tf.map_fn``), so ``n`` may be a
+    tensor and a SavedModel draws its samples in the graph.
+    """
+    tf = _tf()
+    return tf.map_fn(lambda _: tf.cast(model(pixels, training=False), tf.float32),
+                     tf.range(n), fn_output_signature=tf.float32)
+
+
+def mc_summary_tensors(mc) -> dict:
+    """Mean, per-class std, predictive entropy and mutual information of ``(n, B, C)`` samples.
+
+    The TensorFlow twin of :class:`kerascls.uncertainty.MCPrediction` (entropies in nats).
+    """
+    tf = _tf()
+
+    def entropy(p):
+        return -tf.reduce_sum(p * tf.math.log(tf.clip_by_value(p, _EPS, 1.0)), axis=-1)
+
+    mean = tf.reduce_mean(mc, axis=0)
+    total = entropy(mean)
+    expected = tf.reduce_mean(entropy(mc), axis=0)
+    std = tf.sqrt(tf.reduce_mean(tf.square(mc - mean[None]), axis=0))
+    return {"probabilities": mean, "std": std, "entropy": total,
+            "mutual_information": tf.maximum(total - expected, 0.0)}
+
+
+class BayesianPredictor:
+    """Monte Carlo prediction with a trained Bayesian run's model.
+
+    Attributes:
+        model: the tf_keras model (``trackable`` too: the SavedModel exporter saves its
+            variables through it).
+        mc_samples: the default number of Monte Carlo samples (the run's ``eval.mc_samples``).
+        spec: the build arguments (``bnn.json``).
+    """
+
+    def __init__(self, model, mc_samples: int = 30, spec: dict | None = None):
+        tf = _tf()
+        self.model = model
+        self.mc_samples = int(mc_samples)
+        self.spec = dict(spec or {})
+        h, w, c = (int(v) for v in model.input_shape[1:])
+        self._mc = tf.function(
+            lambda pixels, n: mc_tensors(model, pixels, n),
+            input_signature=[tf.TensorSpec([None, h, w, c], tf.float32),
+                             tf.TensorSpec([], tf.int32)])
+
+    @property
+    def trackable(self):
+        return self.model
+
+    def _check_n(self, n) -> int:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise UserError(f"--mc-samples must be a positive integer. Received: {n}")
+        return int(n)
+
+    def predict_mc(self, x, n: int | None = None, batch_size: int = 256) -> np.ndarray:
+        """``(n, N, C)`` float32 probabilities of ``n`` Monte Carlo passes over images ``x``."""
+        n = self._check_n(self.mc_samples if n is None else n)
+        x = np.asarray(x, dtype=np.float32)
+        if not len(x):
+            return np.zeros((n, 0, int(self.model.output_shape[-1])), np.float32)
+        parts = [self._mc(x[i:i + batch_size], np.int32(n)).numpy()
+                 for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts, axis=1)
+
+    def predict_proba(self, x, batch_size: int = 256, n: int | None = None) -> np.ndarray:
+        """The Monte Carlo mean probabilities ``(N, C)`` over ``n`` (default ``mc_samples``)."""
+        return self.predict_mc(x, n, batch_size).mean(axis=0)
+
+    def predict_uncertainty(self, x, n: int | None = None, batch_size: int = 256):
+        """A :class:`kerascls.uncertainty.MCPrediction` of ``n`` Monte Carlo passes."""
+        from kerascls.uncertainty import MCPrediction
+
+        return MCPrediction.from_samples(self.predict_mc(x, n, batch_size))
+
+    def signature_outputs(self, pixels, n: int) -> dict:
+        """TF-traceable serving outputs of a float32 0..255 batch, ``n`` samples in the graph.
+
+        Returns ``probabilities`` (the Monte Carlo mean), ``entropy`` (predictive entropy) and
+        ``mutual_information`` (epistemic uncertainty), in nats.
+        """
+        n = self._check_n(n)
+        out = mc_summary_tensors(mc_tensors(self.model, pixels, n))
+        return {k: out[k] for k in ("probabilities", "entropy", "mutual_information")}
+
+
+def load_predictor(run_dir: Path) -> BayesianPredictor:
+    """The :class:`BayesianPredictor` of a Bayesian run directory."""
+    from kerascls.config import Config
+
+    run_dir = Path(run_dir)
+    model, spec = load_model(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    mc = Config.load(cfg_path).eval.mc_samples if cfg_path.is_file() else Config().eval.mc_samples
+    return BayesianPredictor(model, mc, spec)
+
+
+# --------------------------------------------------------------------------------------------
+# the TFLite posterior-sample ensemble
+
+
+def _posterior_sample(dist, rng: np.random.Generator, sample: bool) -> np.ndarray:
+    """A numpy draw from a (possibly ``Independent``) Normal or Deterministic distribution."""
+    base = getattr(dist, "distribution", dist)
+    loc = np.asarray(base.loc.numpy() if hasattr(base.loc, "numpy") else base.loc, np.float32)
+    scale = getattr(base, "scale", None)
+    if not sample or scale is None:
+        return loc
+    scale = np.asarray(scale.numpy() if hasattr(scale, "numpy") else scale, np.float32)
+    return (loc + scale * rng.standard_normal(loc.shape)).astype(np.float32)
+
+
+def _deterministic_twin(layer, weights: list[np.ndarray], name: str):
+    """An ordinary Conv2D / Dense with ``weights`` in place of a Flipout layer."""
+    L = _tfk().layers
+    if hasattr(layer, "filters"):
+        twin = L.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
+                        padding=layer.padding, data_format=layer.data_format,
+                        dilation_rate=layer.dilation_rate, activation=layer.activation,
+                        use_bias=layer.bias_posterior is not None, name=name)
+    else:
+        twin = L.Dense(layer.units, activation=layer.activation,
+                       use_bias=layer.bias_posterior is not None, name=name)
+    return twin, weights
+
+
+def posterior_ensemble(model, members: int = ENSEMBLE_MEMBERS, seed: int = ENSEMBLE_SEED,
+                       sample: bool = True):
+    """A deterministic tf_keras model of ``members`` networks with posterior-sampled weights.
+
+    Every Flipout layer becomes an ordinary Conv2D or Dense whose kernel is one draw from its
+    posterior (biases are point estimates); layers before the first Flipout layer are shared by
+    the members. Flipout's sign flips leave the distribution of the perturbed weights unchanged,
+    so each member is an exact posterior sample of the Bayesian network.
+
+    Args:
+        model: a Bayesian model from :func:`build_bnn` (a chain of layers).
+        members: ensemble size ``K``.
+        seed: seed of the numpy generator drawing the weights.
+        sample: False gives members with the posterior means (all identical).
+
+    Returns:
+        A tf_keras model ``pixels -> (batch, K, classes)`` member probabilities.
+    """
+    tfk = _tfk()
+    L = tfk.layers
+    if members < 1:
+        raise UserError(f"the ensemble needs at least one member. Received: {members}")
+    rng = np.random.default_rng(seed)
+    bayesian = {id(layer) for layer in variational_layers(model)}
+    inputs = tfk.Input(shape=tuple(model.input_shape[1:]), name="pixels")
+    shared = inputs
+    branches = None
+    for layer in model.layers[1:]:
+        if id(layer) in bayesian:
+            if branches is None:
+                branches = [shared] * members
+            new = []
+            for k, x in enumerate(branches):
+                weights = [_posterior_sample(layer.kernel_posterior, rng, sample)]
+                if layer.bias_posterior is not None:
+                    weights.append(_posterior_sample(layer.bias_posterior, rng, sample))
+                twin, w = _deterministic_twin(layer, weights, f"m{k}_{layer.name}")
+                y = twin(x)
+                twin.set_weights(w)
+                new.append(y)
+            branches = new
+        elif branches is None:
+            shared = layer(shared)
+        else:
+            branches = [layer(x) for x in branches]
+    if branches is None:
+        raise UserError(f"{model.name} has no Flipout layer to sample")
+    classes = int(branches[0].shape[-1])
+    stacked = [L.Reshape((1, classes), name=f"m{k}_member")(x) for k, x in enumerate(branches)]
+    out = stacked[0] if members == 1 else L.Concatenate(axis=1, name="members")(stacked)
+    return tfk.Model(inputs, out, name=f"{model.name}_ensemble{members}")
+
+
+def ensemble_module(ensemble):
+    """A ``tf.Module`` whose ``serve`` signature gives the mean, spread and member probabilities."""
+    tf = _tf()
+    h, w, c = (int(v) for v in ensemble.input_shape[1:])
+    module = tf.Module()
+    module.ensemble = ensemble
+
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="pixels")])
+    def serve(pixels):
+        members = tf.cast(ensemble(pixels, training=False), tf.float32)  # (B, K, C)
+        mean = tf.reduce_mean(members, axis=1)
+        std = tf.sqrt(tf.reduce_mean(tf.square(members - mean[:, None]), axis=1))
+        return {"probabilities": mean, "std": std, "member_probabilities": members}
+
+    module.serve = serve
+    return module
+
+
+ENSEMBLE_OUTPUTS = {
+    "probabilities": "mean of the members' probabilities (batch, classes)",
+    "std": "per-class standard deviation over the members (batch, classes)",
+    "member_probabilities": "each member's probabilities (batch, members, classes)",
+}
+
+
+def convert_ensemble(module, variant: str, representative: np.ndarray | None = None) -> bytes:
+    """Convert :func:`ensemble_module` to TFLite bytes with builtin ops only.
+
+    ``int8`` is full-integer like the deterministic models' int8 files (uint8 pixels in with
+    scale 1, uint8 outputs) and needs ``representative`` training images.
+    """
+    from kerascls.export.tflite import pin_input_quantization
+
+    tf = _tf()
+    if variant == "int8" and representative is None:
+        raise UserError("the int8 ensemble needs representative images")
+    with tempfile.TemporaryDirectory(prefix="kerascls-bnn-tflite-") as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if variant != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if variant == "int8":
+            converter.representative_dataset = lambda: ([im[None].astype(np.float32)]
+                                                         for im in representative)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+        content = converter.convert()
+    return pin_input_quantization(content) if variant == "int8" else content
+
+
+def _output_entries(content: bytes) -> list[dict]:
+    """The sidecar ``outputs`` list: tensor name, index, shape and role of each output."""
+    from kerascls.export.tflite import _tensor_entry, interpreter
+
+    it = interpreter(model_content=content)
+    position = {d["index"]: i for i, d in enumerate(it.get_output_details())}
+    details = {d["index"]: d for d in it.get_output_details()}
+    signature = it.get_signature_runner("serving_default").get_output_details()
+    entries = []
+    for role, detail in signature.items():
+        entry = _tensor_entry(details[detail["index"]])
+        entry.update(index=position[detail["index"]], role=role, meaning=ENSEMBLE_OUTPUTS[role])
+        entries.append(entry)
+    return sorted(entries, key=lambda e: e["index"])
+
+
+def ensemble_predict(content_or_path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Run a TFLite ensemble on float32 0..255 images, one at a time as a device does.
+
+    Quantized inputs and outputs (``int8``) are quantized and dequantized with the tensors'
+    parameters. Returns ``{"probabilities": (N, C), "std": (N, C),
+    "member_probabilities": (N, K, C)}`` as float32.
+    """
+    from kerascls.export.tflite import interpreter, quantize_pixels
+
+    if isinstance(content_or_path, (bytes, bytearray)):
+        it = interpreter(model_content=bytes(content_or_path))
+    else:
+        it = interpreter(model_path=content_or_path)
+    runner = it.get_signature_runner("serving_default")
+    inp = runner.get_input_details()["pixels"]
+    outs = runner.get_output_details()
+    scale, zero_point = inp["quantization"]
+    rows = []
+    for img in np.asarray(x, np.float32):
+        raw = runner(pixels=quantize_pixels(img[None], inp["dtype"], scale, zero_point))
+        row = {}
+        for key in ENSEMBLE_OUTPUTS:
+            value = raw[key].astype(np.float32)
+            o_scale, o_zero = outs[key]["quantization"]
+            row[key] = (value - np.float32(o_zero)) * np.float32(o_scale) if o_scale else value
+        rows.append(row)
+    return {k: np.concatenate([r[k] for r in rows]) for k in ENSEMBLE_OUTPUTS}
+
+
+def export_tflite(run, out_dir: Path, variant: str, *, members: int = ENSEMBLE_MEMBERS,
+                  seed: int = ENSEMBLE_SEED, representative_size: int | None = None,
+                  **options) -> list[Path]:
+    """Export a Bayesian run as a ``K``-member posterior-sample ensemble in one ``.tflite``.
+
+    Flipout's random ops (``RandomUniformInt``, ``StatelessRandomUniformIntV2``) are not TFLite
+    builtins, so the file holds ``K`` deterministic networks whose weights were drawn from the
+    posterior, and outputs the members' mean (``probabilities``), their per-class spread
+    (``std``) and each member's probabilities (``member_probabilities``); it uses builtin ops
+    only. Files: ``out_dir/<model_name>-<variant>.tflite`` and its ``.json`` sidecar (the
+    deterministic models' keys plus ``ensemble_members`` and an ``outputs`` list giving the
+    role of each output).
+
+    Args:
+        run: a Bayesian :class:`kerascls.runs.Run`.
+        out_dir: where the files go (``RUN_DIR/tflite``).
+        variant: ``tflite-float32``, ``tflite-dynamic``, ``tflite-float16`` or ``tflite-int8``.
+        members: ensemble size ``K``.
+        seed: seed of the posterior draws.
+        representative_size: ``tflite-int8``: class-stratified training images that calibrate
+            the quantization (see :func:`kerascls.export.tflite.representative_sample`).
+        **options: further format options; none is accepted.
+
+    Returns:
+        ``[tflite_file, sidecar]``.
+    """
+    from kerascls.export.tflite import (
+        DEFAULT_REPRESENTATIVE_SIZE,
+        build_sidecar,
+        representative_sample,
+        sidecar_path,
+        tflite_path,
+    )
+
+    kind = variant.removeprefix("tflite-")
+    if kind not in TFLITE_VARIANTS:
+        allowed = ", ".join(f"tflite-{v}" for v in TFLITE_VARIANTS)
+        raise UserError(f"{variant} is not available for the Bayesian model {run.name}; its "
+                        f"posterior-sample ensemble exports as {allowed}")
+    if options or (representative_size is not None and kind != "int8"):
+        bad = sorted(options) + (["representative_size"] if representative_size is not None
+                                 and kind != "int8" else [])
+        raise UserError(f"{variant} of a Bayesian run takes no option {', '.join(bad)}")
+    if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or members < 1:
+        raise UserError(f"ensemble members must be a positive integer. Received: {members}")
+    module = ensemble_module(posterior_ensemble(run.model.model, int(members), seed))
+    extra: dict = {"ensemble_members": int(members), "ensemble_seed": int(seed)}
+    representative = None
+    if kind == "int8":
+        splits = run.dataset()
+        size = DEFAULT_REPRESENTATIVE_SIZE if representative_size is None else representative_size
+        representative, _ = representative_sample(splits.x_train, splits.y_train, size)
+    print(f"converting {run.name} to a {members}-member posterior ensemble ({variant}) ...",
+          flush=True)
+    content = convert_ensemble(module, kind, representative)
+    if representative is not None:
+        reference = module.serve(_tf().constant(representative))["probabilities"].numpy()
+        got = ensemble_predict(content, representative)["probabilities"]
+        extra["representative"] = {
+            "images": int(len(representative)), "source": "training split, class-stratified",
+            "agreement_with_float_ensemble": float((got.argmax(1) == reference.argmax(1)).mean()),
+        }
+    path = tflite_path(run, Path(out_dir), kind)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(content)
+    extra["outputs"] = _output_entries(content)
+    atomic_write_json(sidecar_path(path), build_sidecar(run, path, kind, extra))
+    print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB) and {sidecar_path(path).name}",
+          flush=True)
+    return [path, sidecar_path(path)]

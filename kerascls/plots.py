@@ -110,3 +110,52 @@ def channel_histograms(images, path: str | Path, bins: int = 32) -> Path:
         ax.set_title(f"{color} channel")
         ax.set_xlabel("pixel value (0..255)")
     return _save(fig, path)
+
+
+def reliability_diagram(bins, path: str | Path, title: str = "Reliability diagram") -> Path:
+    """Accuracy against confidence per bin, with the gap to the diagonal and the bin counts.
+
+    Args:
+        bins: a :class:`kerascls.uncertainty.ReliabilityBins`.
+    """
+    plt = _plt()
+    edges = np.asarray(bins.edges)
+    counts = np.asarray(bins.counts)
+    width = np.diff(edges)
+    centers = edges[:-1] + width / 2
+    filled = counts > 0
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(centers[filled], np.asarray(bins.accuracy)[filled], width=width[filled],
+           edgecolor="black", color="tab:blue", alpha=0.8, label="accuracy")
+    ax.bar(centers[filled], (np.asarray(bins.confidence) - np.asarray(bins.accuracy))[filled],
+           bottom=np.asarray(bins.accuracy)[filled], width=width[filled], color="tab:red",
+           alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    axc.bar(centers, counts, width=width, color="gray", edgecolor="black")
+    axc.set_xlabel("confidence (top-class probability)")
+    axc.set_ylabel("examples")
+    axc.set_xlim(0, 1)
+    return _save(fig, path)
+
+
+def ood_histograms(scores_in: dict, scores_out: dict, aurocs: dict, path: str | Path,
+                   title: str = "Out-of-distribution scores") -> Path:
+    """One histogram per uncertainty score: in-distribution test images against OOD images."""
+    plt = _plt()
+    keys = [k for k in scores_in if k in scores_out]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        a, b = np.asarray(scores_in[key]), np.asarray(scores_out[key])
+        hi = float(max(a.max(initial=0.0), b.max(initial=0.0))) or 1.0
+        ax.hist(a, bins=30, range=(0, hi), alpha=0.6, label="in-distribution", density=True)
+        ax.hist(b, bins=30, range=(0, hi), alpha=0.6, label="OOD", density=True)
+        ax.set_title(f"{key}: AUROC {aurocs.get(key, float('nan')):.3f}", fontsize=9)
+        ax.set_xlabel("score (higher = more uncertain)")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)

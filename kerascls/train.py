@@ -314,12 +314,15 @@ def train(cfg: Config) -> Path:
 
 
 def finalize_run(run_dir: Path, splits) -> dict:
-    """Post-training steps on the saved best model: evaluation on the test split into metadata."""
-    from kerascls.evaluate import evaluate_run
+    """Post-training steps on the saved best model: temperature scaling fitted on the validation
+    split (deterministic models), then evaluation on the test split into metadata."""
+    from kerascls.evaluate import calibrate_run, evaluate_run
     from kerascls.fileio import read_json
     from kerascls.runs import load_run
 
     run = load_run(run_dir)
+    if not run.is_bayesian:
+        calibrate_run(run, splits)
     metrics = evaluate_run(run, splits=splits)
     meta = read_json(run_dir / "metadata.json")
     meta["metrics"] = {k: v for k, v in metrics.items()

@@ -316,6 +316,19 @@ def _stop_on_nan_callback():
     return StopOnNaN()
 
 
+def backup_epochs(backup: Path) -> int:
+    """Epochs finished according to a tf_keras ``BackupAndRestore`` directory (0 if none)."""
+    tf = _tf()
+    ckpt = tf.train.latest_checkpoint(str(Path(backup) / "chief")) if Path(backup).is_dir() \
+        else None
+    if not ckpt:
+        return 0
+    for name, _ in tf.train.list_variables(ckpt):
+        if name.startswith("ckpt_saved_epoch"):
+            return int(tf.train.load_variable(ckpt, name)) + 1
+    return 0
+
+
 def check_backend(model_name: str) -> None:
     """Refuse to train a tf_keras model unless Keras runs on TensorFlow."""
     import keras
@@ -383,22 +396,20 @@ def fit_run(cfg, splits, run_dir: Path) -> dict[str, list[float]]:
 
     backup = run_dir / "backup"
     history_csv = run_dir / "history.csv"
-    resuming = backup.is_dir() and any(backup.iterdir())
+    epochs_done = backup_epochs(backup)
     best = math.inf
-    if resuming:
-        previous = _read_history(history_csv)
-        # tf_keras BackupAndRestore saves at the end of each epoch, after the CSV row.
-        _truncate_history(history_csv, len(previous.get("loss", [])))
-        if previous.get("val_loss"):
-            best = min(previous["val_loss"])
-        print(f"Resuming {run_dir} after epoch {len(previous.get('loss', []))}/{t.epochs}",
-              file=sys.stderr)
+    if epochs_done:
+        # A kill between an epoch's CSV row and its backup leaves a row the resumed run redoes.
+        _truncate_history(history_csv, epochs_done)
+        previous = _read_history(history_csv).get("val_loss")
+        if previous:
+            best = min(previous)
+        print(f"Resuming {run_dir} after epoch {epochs_done}/{t.epochs}", file=sys.stderr)
     elif history_csv.exists():
         history_csv.unlink()
 
     nan_cb = _stop_on_nan_callback()
     callbacks = [
-        tfk.callbacks.BackupAndRestore(str(backup)),
         tfk.callbacks.LearningRateScheduler(lambda epoch, lr: _learning_rate(t, epoch)),
         tfk.callbacks.CSVLogger(str(history_csv), append=True),
         _best_weights_callback(model, run_dir, spec, best),
@@ -408,6 +419,8 @@ def fit_run(cfg, splits, run_dir: Path) -> dict[str, list[float]]:
     if t.early_stopping:
         callbacks.append(tfk.callbacks.EarlyStopping(monitor="val_loss",
                                                      patience=t.early_stopping))
+    # Last, so an epoch counts as finished only once its weights and log row are written.
+    callbacks.append(tfk.callbacks.BackupAndRestore(str(backup)))
     cw = class_weights(splits.y_train, nc) if cfg.data.class_weight == "balanced" else None
     model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, callbacks=callbacks,
               class_weight=cw, verbose=t.verbose)

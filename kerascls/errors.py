@@ -13,7 +13,8 @@ class UserError(ValueError):
     """Bad input from the user: reported as one line, exit status 2, no traceback."""
 
 
-def did_you_mean(kind: str, received: str, choices: Iterable[str]) -> str:
+def did_you_mean(kind: str, received: str, choices: Iterable[str],
+                 list_hint: str = "python -m kerascls.models list") -> str:
     """Build "unknown X 'y'. Did you mean: a, b? Available: ..." for an unknown name."""
     choices = sorted(choices)
     close = difflib.get_close_matches(received, choices, n=3, cutoff=0.5)
@@ -23,7 +24,7 @@ def did_you_mean(kind: str, received: str, choices: Iterable[str]) -> str:
     if len(choices) <= 12:
         msg += f" Available: {', '.join(choices)}."
     else:
-        msg += f" {len(choices)} available; list them with the 'list' command."
+        msg += f" {len(choices)} available; see {list_hint}."
     return msg
 
 

@@ -191,7 +191,6 @@ def _fit_keras(cfg: Config, splits, run_dir: Path, image_size: int) -> dict[str,
         if prev:
             ckpt.best = min(prev)
         cbs = [
-            keras.callbacks.BackupAndRestore(str(phase_backup), double_checkpoint=True),
             ckpt,
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
             keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
@@ -200,6 +199,8 @@ def _fit_keras(cfg: Config, splits, run_dir: Path, image_size: int) -> dict[str,
         if t.early_stopping:
             cbs.append(keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=t.early_stopping, restore_best_weights=False))
+        # Last, so an epoch counts as finished only once its model and log rows are written.
+        cbs.append(keras.callbacks.BackupAndRestore(str(phase_backup), double_checkpoint=True))
         return cbs
 
     nan_cb = StopOnNaN.make()

@@ -197,7 +197,8 @@ def tfds_splits(name: str, data_dir: str, size: int, val_fraction: float, seed: 
         except Exception:  # noqa: BLE001
             known = []
         if known:
-            raise UserError(did_you_mean("tfds dataset", name, known)) from None
+            raise UserError(did_you_mean("tfds dataset", name, known,
+                                         "tfds.list_builders()")) from None
         raise UserError(f"unknown tfds dataset '{name}': {str(exc).splitlines()[0]}") from None
     if not builder.is_prepared():
         try:

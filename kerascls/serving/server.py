@@ -226,10 +226,21 @@ class _RestHandler(BaseHTTPRequestHandler):
             self._error(400, f"invalid Content-Length: {raw}", close=True)
             return None
         if length > cap:
+            self._drain(length)
             self._error(413, f"request body of {length} bytes is larger than the limit of {cap} "
                         "bytes (--max_request_bytes)", close=True)
             return None
         return self.rfile.read(length) if length else b""
+
+    def _drain(self, length: int) -> None:
+        """Read and drop a refused body of moderate size, so the client sees the 413 answer."""
+        if length > 4 * self.server.max_request_bytes + (1 << 20):
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                return
+            length -= len(chunk)
 
     def _handle(self) -> None:
         body = self._read_body()

@@ -98,31 +98,36 @@ def _spatial(shape) -> int:
     return int(math.prod(int(d) for d in shape[1:-1]))
 
 
-def layer_macs(layer: keras.layers.Layer) -> int:
+def _shape(tensor) -> tuple:
+    return tuple(None if d is None else int(d) for d in tensor.shape)
+
+
+def layer_macs(layer) -> int:
     """Multiply-accumulates one image costs in ``layer`` (convolutions and dense layers).
 
     Biases, batch norm, activations, pooling and element-wise ops are not counted, following
     the convention of the papers' "mult-adds" (MobileNet) and "FLOPs" (EfficientNet) tables.
+    Layers are recognised by their attributes, so ``tf_keras`` and TFP layers (Flipout
+    convolutions) count too.
     """
-    if isinstance(layer, keras.layers.SeparableConv2D):
-        k = math.prod(layer.kernel_size)
-        cin = int(layer.input.shape[-1])
-        mid = cin * layer.depth_multiplier
-        return _spatial(layer.output.shape) * (k * mid + mid * layer.filters)
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        k = math.prod(layer.kernel_size)
-        cout = int(layer.output.shape[-1])
-        return _spatial(layer.output.shape) * k * cout
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        k = math.prod(layer.kernel_size)
-        return _spatial(layer.input.shape) * k * int(layer.input.shape[-1]) * layer.filters
-    if isinstance(layer, keras.layers.Conv2D):
-        k = math.prod(layer.kernel_size)
-        cin = int(layer.input.shape[-1]) // layer.groups
-        return _spatial(layer.output.shape) * k * cin * layer.filters
-    if isinstance(layer, keras.layers.Dense):
-        lead = math.prod(int(d) for d in layer.input.shape[1:-1])
-        return lead * int(layer.input.shape[-1]) * layer.units
+    kind = type(layer).__name__
+    kernel = getattr(layer, "kernel_size", None)
+    if kernel is not None and hasattr(layer, "filters") or "Depthwise" in kind:
+        k = math.prod(kernel)
+        out = _shape(layer.output)
+        cin = _shape(layer.input)[-1]
+        if "Separable" in kind:
+            mid = cin * layer.depth_multiplier
+            return _spatial(out) * (k * mid + mid * layer.filters)
+        if "Depthwise" in kind:
+            return _spatial(out) * k * out[-1]
+        if "Transpose" in kind:
+            return _spatial(_shape(layer.input)) * k * cin * layer.filters
+        groups = getattr(layer, "groups", 1) or 1
+        return _spatial(out) * k * (cin // groups) * layer.filters
+    if "Dense" in kind and hasattr(layer, "units"):
+        shape = _shape(layer.input)
+        return math.prod(shape[1:-1]) * shape[-1] * layer.units
     return 0
 
 
@@ -130,7 +135,7 @@ def macs_by_layer(model: keras.Model) -> list[tuple[str, int]]:
     """``(layer name, MACs)`` for every layer of ``model`` that costs any, in graph order."""
     rows = []
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
+        if hasattr(layer, "layers") and layer is not model and hasattr(layer, "inputs"):
             rows.extend((f"{layer.name}/{n}", m) for n, m in macs_by_layer(layer))
             continue
         macs = layer_macs(layer)

@@ -1,0 +1,165 @@
+"""``python -m kerascls.models``: list the registered models, show one, count parameters and MACs.
+
+Examples:
+    python -m kerascls.models list
+    python -m kerascls.models list 'resnet*'
+    python -m kerascls.models summary resnet50 --image-size 224 --num-classes 1000
+    python -m kerascls.models params --image-size 224 --num-classes 1000
+    python -m kerascls.models flops 'mobilenet*' --image-size 224
+
+``params`` and ``flops`` take shell-style patterns (default: every model) and build each model at
+``--image-size`` (default: the model's own default size). ``flops`` reports multiply-accumulates
+per image (convolutions and dense layers; see :func:`kerascls.shapes.layer_macs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+
+from kerascls.errors import UserError, cli_main
+
+COMMANDS = ("list", "summary", "params", "flops")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (raised as UserError, reported by cli_main)."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m kerascls.models", description="Inspect the registered models.")
+    sub = p.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+
+    def sized(sp):
+        sp.add_argument("--image-size", type=int, default=0,
+                        help="square input size in pixels (default: each model's default size)")
+        sp.add_argument("--num-classes", type=int, default=10, help="classes (default: 10)")
+        sp.add_argument("--stem", default="auto", choices=("auto", "cifar", "imagenet"),
+                        help="zoo families: the stem (default: chosen from the input size)")
+
+    sp = sub.add_parser("list", help="registered models with family, sizes and paper")
+    sp.add_argument("patterns", nargs="*", default=["*"], help="shell-style name patterns")
+    sp = sub.add_parser("summary", help="layers, output shapes and parameters of one model")
+    sp.add_argument("name", help="a registered model name")
+    sized(sp)
+    for command, text in (("params", "parameter counts"),
+                          ("flops", "multiply-accumulates per image")):
+        sp = sub.add_parser(command, help=text)
+        sp.add_argument("patterns", nargs="*", default=["*"], help="shell-style name patterns")
+        sized(sp)
+    return p
+
+
+def _parse(argv):
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        raise UserError(f"a command is required: one of {', '.join(COMMANDS)}")
+    return args
+
+
+def _names(patterns) -> list[str]:
+    from kerascls.registry import list_models
+
+    names: list[str] = []
+    for pattern in patterns:
+        found = list_models(pattern)
+        if not found:
+            if any(c in pattern for c in "*?["):
+                raise UserError(f"no model matches '{pattern}'")
+            from kerascls.registry import get_spec
+
+            get_spec(pattern)  # raises the did-you-mean error
+        names.extend(n for n in found if n not in names)
+    return names
+
+
+def _build(name: str, args):
+    from kerascls.registry import build_model, get_spec
+
+    spec = get_spec(name)
+    if args.image_size < 0 or args.num_classes < 1:
+        raise UserError(f"--image-size must be positive and --num-classes at least 1. "
+                        f"Received: --image-size={args.image_size} "
+                        f"--num-classes={args.num_classes}")
+    size = args.image_size or spec.default_size
+    overrides = {}
+    if args.stem != "auto":
+        if spec.family in ("classic", "bayesian") or spec.framework != "keras":
+            raise UserError(f"--stem applies to the zoo families; '{name}' "
+                            f"({spec.family}) has no stem option")
+        overrides["stem"] = args.stem
+    return spec, size, build_model(name, (size, size, 3), args.num_classes, **overrides)
+
+
+def _free() -> None:
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def _table(rows, header) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 or not isinstance(c, int) else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _progress(names):
+    from tqdm import tqdm
+
+    return tqdm(names, file=sys.stderr, leave=False, disable=len(names) < 2, unit="model")
+
+
+def _trainable(model) -> int:
+    import math
+
+    return sum(int(math.prod(w.shape)) for w in model.trainable_weights)
+
+
+@cli_main
+def main(argv=None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if args.command == "list":
+        from kerascls.registry import get_spec
+
+        rows = []
+        for name in _names(args.patterns):
+            s = get_spec(name)
+            rows.append((name, s.family, s.default_size, s.min_size, s.paper))
+        print(_table(rows, ("model", "family", "default", "min", "paper")))
+        return 0
+    from kerascls.shapes import count_macs
+
+    if args.command == "summary":
+        spec, size, model = _build(args.name, args)
+        model.summary(line_length=110)
+        macs = count_macs(model)
+        print(f"{spec.name}: input {size}x{size}x3, {args.num_classes} classes, "
+              f"{model.count_params():,} parameters ({_trainable(model):,} trainable), "
+              f"{macs:,} multiply-accumulates per image ({macs / 1e9:.3f} G)")
+        return 0
+    rows = []
+    for name in _progress(_names(args.patterns)):
+        spec, size, model = _build(name, args)
+        if args.command == "params":
+            rows.append((name, f"{size}x{size}", model.count_params(), _trainable(model)))
+        else:
+            macs = count_macs(model)
+            rows.append((name, f"{size}x{size}", macs, f"{macs / 1e9:.3f}"))
+        del model
+        _free()
+    header = (("model", "input", "parameters", "trainable") if args.command == "params"
+              else ("model", "input", "MACs", "GMACs"))
+    print(_table(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The shared model harness: every registered Keras 3 model is checked the same way.
+
+In the test process (TensorFlow backend) :func:`check_model` builds a model at a small size,
+runs a forward pass (right shape, no NaN), one training step, a ``get_config`` /
+``from_config`` round trip and a ``.keras`` save/load with matching outputs.
+
+Keras fixes its backend per process, so the other backends run this file as a script::
+
+    KERAS_BACKEND=jax python tests/harness.py train-step
+    KERAS_BACKEND=torch python tests/harness.py train-step resnet20 mobilenet_v2
+
+which builds each model, runs a forward pass and one training step, and prints one JSON line
+per model (``{"model", "backend", "ok", "error", "seconds"}``).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+NUM_CLASSES = 3
+BATCH = 2
+
+
+def zoo_models() -> list[str]:
+    """Registered models built with Keras 3 (the tf_keras Bayesian models are tested apart)."""
+    from kerascls.registry import get_spec, list_models
+
+    return [n for n in list_models() if get_spec(n).framework == "keras"]
+
+
+def small_size(name: str) -> int:
+    """The size the harness builds ``name`` at: its smallest accepted input."""
+    from kerascls.registry import get_spec
+
+    return get_spec(name).min_size
+
+
+def build_small(name: str):
+    """``(model, x, y)``: the model at its small size, a batch of images in 0..255 and labels."""
+    import numpy as np
+
+    from kerascls.registry import build_model
+
+    size = small_size(name)
+    model = build_model(name, (size, size, 3), NUM_CLASSES, normalize="unit")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 255.0, (BATCH, size, size, 3)).astype("float32")
+    y = np.eye(NUM_CLASSES, dtype="float32")[rng.integers(0, NUM_CLASSES, BATCH)]
+    return model, x, y
+
+
+def forward(model, x):
+    """Inference-mode outputs as a NumPy array."""
+    import keras
+
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def check_forward(model, x) -> None:
+    """Probabilities of the right shape, finite, summing to one, in float32."""
+    import numpy as np
+
+    probs = forward(model, x)
+    assert probs.shape == (x.shape[0], NUM_CLASSES), probs.shape
+    assert probs.dtype == np.float32, probs.dtype
+    assert np.isfinite(probs).all(), "forward pass produced NaN or inf"
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-4)
+
+
+def train_step(model, x, y) -> float:
+    """One SGD step; returns the loss and checks that it is finite and the logits moved."""
+    import keras
+    import numpy as np
+
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="categorical_crossentropy",
+                  run_eagerly=keras.backend.backend() != "torch")
+    before = keras.ops.convert_to_numpy(model.get_layer("logits").kernel).copy()
+    logs = model.train_on_batch(x, y, return_dict=True)
+    loss = float(logs["loss"])
+    assert math.isfinite(loss), f"training loss is {loss}"
+    after = keras.ops.convert_to_numpy(model.get_layer("logits").kernel)
+    assert not np.array_equal(before, after), "one training step left the logits unchanged"
+    return loss
+
+
+def check_config_round_trip(model, x) -> None:
+    """``from_config(get_config())`` gives the same architecture and, with the weights, outputs."""
+    import keras
+    import numpy as np
+
+    clone = keras.Model.from_config(model.get_config())
+    assert [layer.name for layer in clone.layers] == [layer.name for layer in model.layers]
+    assert clone.count_params() == model.count_params()
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(forward(clone, x), forward(model, x), rtol=1e-5, atol=1e-6)
+
+
+def check_save_load(model, x, path) -> None:
+    """``.keras`` save and load reproduce the outputs."""
+    import keras
+    import numpy as np
+
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(forward(loaded, x), forward(model, x), rtol=1e-5, atol=1e-6)
+
+
+def check_model(name: str, tmp_dir) -> None:
+    """Every check, in the current process (TensorFlow in the test run)."""
+    model, x, y = build_small(name)
+    check_forward(model, x)
+    check_config_round_trip(model, x)
+    check_save_load(model, x, os.path.join(os.fspath(tmp_dir), f"{name}.keras"))
+    train_step(model, x, y)
+    check_forward(model, x)
+
+
+def run_train_steps(names) -> list[dict]:
+    """Build, forward and one training step per model on this process's backend."""
+    import keras
+
+    results = []
+    for name in names:
+        start = time.perf_counter()
+        row = {"model": name, "backend": keras.backend.backend(), "ok": True, "error": ""}
+        try:
+            model, x, y = build_small(name)
+            check_forward(model, x)
+            train_step(model, x, y)
+            del model
+        except Exception as exc:  # noqa: BLE001 - reported per model to the test
+            row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).strip()[:500]}")
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        keras.backend.clear_session()
+        gc.collect()
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    return results
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] != "train-step":
+        print("usage: python tests/harness.py train-step [MODEL ...]", file=sys.stderr)
+        return 2
+    run_train_steps(argv[1:] or zoo_models())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

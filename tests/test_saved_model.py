@@ -47,8 +47,12 @@ def png_bomb(side: int = 30000) -> bytes:
     parts = [comp.compress(block) for _ in range(side // 1000)]
     parts.append(comp.flush())
     ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"".join(parts))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", b"".join(parts))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def png_zero_size() -> bytes:
@@ -56,8 +60,12 @@ def png_zero_size() -> bytes:
     import struct
 
     ihdr = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", zlib.compress(b"")) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b""))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +108,23 @@ def test_assets_hold_labels_manifest_and_warmup(digits_models):
     assert manifest["model_name"] == run.metadata["model_name"]
     assert manifest["input_shape"] == [16, 16, 3]
     assert manifest["serving"]["signatures"]["serving_default"]["outputs"] == [
-        "class_id", "label", "probabilities", "score"]
-    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
-               tf.data.TFRecordDataset(str(version / "assets.extra" / "tf_serving_warmup_requests"))]
+        "class_id",
+        "label",
+        "probabilities",
+        "score",
+    ]
+    records = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(
+            str(version / "assets.extra" / "tf_serving_warmup_requests")
+        )
+    ]
     assert 1 <= len(records) <= 1000
     signatures = {r.predict_log.request.model_spec.signature_name for r in records}
     assert signatures == {"serving_default", "predict_pixels"}
-    images = [r for r in records if r.predict_log.request.model_spec.signature_name == "serving_default"]
+    images = [
+        r for r in records if r.predict_log.request.model_spec.signature_name == "serving_default"
+    ]
     blobs = tf.make_ndarray(images[-1].predict_log.request.inputs["image_bytes"])
     assert len(blobs) > 1
     for blob in blobs:  # real test images, PNG-encoded at the model's input size
@@ -116,18 +134,33 @@ def test_assets_hold_labels_manifest_and_warmup(digits_models):
 def test_saved_model_cli_lists_both_signatures(digits_models):
     version = digits_models[2]
     cli = Path(sys.executable).with_name("saved_model_cli")
-    cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
-    out = subprocess.run(cmd + ["show", "--all", "--dir", str(version)], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    cmd = (
+        [str(cli)]
+        if cli.exists()
+        else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    )
+    out = subprocess.run(
+        cmd + ["show", "--all", "--dir", str(version)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
     default = text.split("signature_def['serving_default']")[1]
     pixels = text.split("signature_def['predict_pixels']")[1].split("signature_def[")[0]
-    assert "inputs['image_bytes']" in default and "DT_STRING" in default and "shape: (-1)" in default
+    assert (
+        "inputs['image_bytes']" in default and "DT_STRING" in default and "shape: (-1)" in default
+    )
     assert "inputs['pixels']" in pixels and "shape: (-1, 16, 16, 3)" in pixels
     for section in (default, pixels):
-        for name, dtype in (("probabilities", "DT_FLOAT"), ("class_id", "DT_INT64"),
-                            ("label", "DT_STRING"), ("score", "DT_FLOAT")):
+        for name, dtype in (
+            ("probabilities", "DT_FLOAT"),
+            ("class_id", "DT_INT64"),
+            ("label", "DT_STRING"),
+            ("score", "DT_FLOAT"),
+        ):
             block = section.split(f"outputs['{name}']")[1].split("name:")[0]
             assert dtype in block, (name, block)
         assert "shape: (-1, 10)" in section.split("outputs['probabilities']")[1].split("name:")[0]
@@ -143,8 +176,13 @@ def test_fidelity_over_the_whole_digits_test_split(digits_models, loaded, tmp_pa
 
     run = digits_models[0]
     d = run.config.data
-    native = load_dataset("digits", 8, seed=run.config.train.seed, val_fraction=d.val_fraction,
-                          test_fraction=d.test_fraction)
+    native = load_dataset(
+        "digits",
+        8,
+        seed=run.config.train.seed,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+    )
     test_x = run.dataset().x_test
     assert len(native.x_test) == len(test_x) > 300
     keras_model = run.deployable()
@@ -161,9 +199,14 @@ def test_fidelity_over_the_whole_digits_test_split(digits_models, loaded, tmp_pa
         if fmt == "PNG":  # lossless: the files give back exactly the pixels training used
             np.testing.assert_array_equal(pixels, test_x)
         reference = keras_model.predict(pixels, batch_size=128, verbose=0)
-        via_bytes = np.concatenate([
-            loaded.signatures["serving_default"](image_bytes=tf.constant(blobs[i:i + 128]))
-            ["probabilities"].numpy() for i in range(0, len(blobs), 128)])
+        via_bytes = np.concatenate(
+            [
+                loaded.signatures["serving_default"](image_bytes=tf.constant(blobs[i : i + 128]))[
+                    "probabilities"
+                ].numpy()
+                for i in range(0, len(blobs), 128)
+            ]
+        )
         via_pixels = loaded.signatures["predict_pixels"](pixels=tf.constant(pixels))
         assert np.abs(via_bytes - reference).max() <= 1e-5, fmt
         assert np.abs(via_pixels["probabilities"].numpy() - reference).max() <= 1e-5, fmt
@@ -186,9 +229,13 @@ def test_other_formats_are_converted_to_rgb(digits_models, loaded):
     frames = [Image.fromarray(rgb).convert("P"), Image.fromarray(255 - rgb).convert("P")]
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
-    blobs = [png_bytes(rgb[..., 0]), png_bytes(np.dstack([rgb, rgb[..., :1]])),
-             encode(np.asarray(Image.fromarray(rgb).convert("P").convert("RGB")), "PNG"),
-             encode(rgb, "BMP"), gif.getvalue()]
+    blobs = [
+        png_bytes(rgb[..., 0]),
+        png_bytes(np.dstack([rgb, rgb[..., :1]])),
+        encode(np.asarray(Image.fromarray(rgb).convert("P").convert("RGB")), "PNG"),
+        encode(rgb, "BMP"),
+        gif.getvalue(),
+    ]
     expected = []
     for blob in blobs:
         with Image.open(io.BytesIO(blob)) as im:
@@ -199,15 +246,21 @@ def test_other_formats_are_converted_to_rgb(digits_models, loaded):
     assert np.abs(got.numpy() - reference).max() <= 1e-5
 
 
-@pytest.mark.parametrize("case", ["not_an_image", "truncated_png", "zero_size_png", "png_bomb",
-                                  "empty"])
+@pytest.mark.parametrize(
+    "case", ["not_an_image", "truncated_png", "zero_size_png", "png_bomb", "empty"]
+)
 def test_bad_images_fail_in_the_graph_with_invalid_argument(loaded, case):
     """The SavedModel itself refuses bad bytes (what the real TF Serving answers with 400)."""
     import tensorflow as tf
 
     good = png_bytes((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8))
-    data = {"not_an_image": b"this is not an image", "truncated_png": good[: len(good) // 2],
-            "zero_size_png": png_zero_size(), "png_bomb": png_bomb(), "empty": b""}[case]
+    data = {
+        "not_an_image": b"this is not an image",
+        "truncated_png": good[: len(good) // 2],
+        "zero_size_png": png_zero_size(),
+        "png_bomb": png_bomb(),
+        "empty": b"",
+    }[case]
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         loaded.signatures["serving_default"](image_bytes=tf.constant([data]))
     if case == "png_bomb":
@@ -229,8 +282,9 @@ def test_export_cli_writes_a_version(digits_models, tmp_path, capsys):
     from kerascls.export.__main__ import main
 
     run = digits_models[0]
-    code = main([str(run.path), "--formats", "saved_model", "--models-dir", str(tmp_path),
-                 "--no-report"])
+    code = main(
+        [str(run.path), "--formats", "saved_model", "--models-dir", str(tmp_path), "--no-report"]
+    )
     assert code == 0
     version = tmp_path / run.metadata["model_name"] / "1"
     assert capsys.readouterr().out.strip().endswith(str(version))

@@ -1,10 +1,10 @@
-"""The local TF-Serving-compatible server and the client: REST, gRPC, routing, hot versions, bad input."""
+"""The local TF-Serving-compatible server and client: REST, gRPC, routing, versions, bad input."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
-import io
 import json
 import os
 import signal
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_saved_model import png_bomb, png_bytes, png_zero_size
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -80,24 +79,36 @@ def served(digits_run, sentiment_run, tmp_path_factory):
 model_config_list {{
   config {{ name: 'digits' base_path: '{digits_base}' model_platform: 'tensorflow'
            model_version_policy {{ all {{}} }}
-           version_labels {{ key: 'stable' value: 1 }} version_labels {{ key: 'canary' value: 2 }} }}
+           version_labels {{ key: 'stable' value: 1 }}
+           version_labels {{ key: 'canary' value: 2 }} }}
   config {{ name: 'sentiment' base_path: '{sentiment_base}' model_platform: 'tensorflow' }}
 }}""")
-    server = ModelServer(parse_model_config(config.read_text()), poll_seconds=0.2,
-                         max_request_bytes=MAX_REQUEST_BYTES,
-                         batching=BatchingConfig(max_batch_size=64, batch_timeout_micros=2000,
-                                                 num_batch_threads=2),
-                         monitoring=MonitoringConfig(prometheus_enabled=True))
+    server = ModelServer(
+        parse_model_config(config.read_text()),
+        poll_seconds=0.2,
+        max_request_bytes=MAX_REQUEST_BYTES,
+        batching=BatchingConfig(max_batch_size=64, batch_timeout_micros=2000, num_batch_threads=2),
+        monitoring=MonitoringConfig(prometheus_enabled=True),
+    )
     server.start()
-    yield {"server": server, "rest": server.rest_port, "grpc": server.grpc_port,
-           "digits": digits, "sentiment": sentiment, "digits_base": digits_base}
+    yield {
+        "server": server,
+        "rest": server.rest_port,
+        "grpc": server.grpc_port,
+        "digits": digits,
+        "sentiment": sentiment,
+        "digits_base": digits_base,
+    }
     server.stop()
 
 
 def test_lab_example_bright_png_is_positive(served):
     """The lab's REST call: a bright 8x8 PNG as base64 comes back 'positive' with score > 0.9."""
-    status, doc = post(served["rest"], "/v1/models/sentiment:predict",
-                       {"instances": [b64(png_bytes(BRIGHT)), b64(png_bytes(DARK))]})
+    status, doc = post(
+        served["rest"],
+        "/v1/models/sentiment:predict",
+        {"instances": [b64(png_bytes(BRIGHT)), b64(png_bytes(DARK))]},
+    )
     assert status == 200, doc
     bright, dark = doc["predictions"]
     assert bright["label"] == "positive" and bright["score"] > 0.9
@@ -111,12 +122,17 @@ def test_rest_row_and_columnar_formats_match_the_saved_model(served):
     run = served["digits"]
     images = [png_bytes(im) for im in run.dataset().x_test[:5].round().astype(np.uint8)]
     direct = tf.saved_model.load(str(served["digits_base"] / "2")).signatures["serving_default"](
-        image_bytes=tf.constant(images))
-    status, rows = post(served["rest"], "/v1/models/digits:predict",
-                        {"instances": [b64(i) for i in images]})
+        image_bytes=tf.constant(images)
+    )
+    status, rows = post(
+        served["rest"], "/v1/models/digits:predict", {"instances": [b64(i) for i in images]}
+    )
     assert status == 200, rows
-    status, cols = post(served["rest"], "/v1/models/digits:predict",
-                        {"signature_name": "serving_default", "inputs": [b64(i) for i in images]})
+    status, cols = post(
+        served["rest"],
+        "/v1/models/digits:predict",
+        {"signature_name": "serving_default", "inputs": [b64(i) for i in images]},
+    )
     assert status == 200, cols
     probs = np.array([r["probabilities"] for r in rows["predictions"]])
     np.testing.assert_allclose(probs, direct["probabilities"].numpy(), atol=1e-6)
@@ -124,11 +140,15 @@ def test_rest_row_and_columnar_formats_match_the_saved_model(served):
     assert cols["outputs"]["label"] == [r["label"] for r in rows["predictions"]]
     assert cols["outputs"]["class_id"] == [int(v) for v in direct["class_id"].numpy()]
     pixels = run.dataset().x_test[:2]
-    status, doc = post(served["rest"], "/v1/models/digits:predict",
-                       {"signature_name": "predict_pixels", "instances": pixels.tolist()})
+    status, doc = post(
+        served["rest"],
+        "/v1/models/digits:predict",
+        {"signature_name": "predict_pixels", "instances": pixels.tolist()},
+    )
     assert status == 200, doc
-    np.testing.assert_allclose([r["probabilities"] for r in doc["predictions"]],
-                               run.predict_proba(pixels), atol=1e-5)
+    np.testing.assert_allclose(
+        [r["probabilities"] for r in doc["predictions"]], run.predict_proba(pixels), atol=1e-5
+    )
 
 
 def test_grpc_round_trip_matches_rest(served):
@@ -139,8 +159,9 @@ def test_grpc_round_trip_matches_rest(served):
     grpc_client = ServingClient("sentiment", port=served["grpc"], protocol="grpc")
     via_grpc = grpc_client.predict(images)
     assert [p.label for p in via_grpc] == [p.label for p in rest] == ["positive", "negative"]
-    np.testing.assert_allclose([p.probabilities for p in via_grpc],
-                               [p.probabilities for p in rest], atol=1e-6)
+    np.testing.assert_allclose(
+        [p.probabilities for p in via_grpc], [p.probabilities for p in rest], atol=1e-6
+    )
     pixels = grpc_client.predict_pixels(BRIGHT.astype(np.float32))
     assert pixels[0].label == "positive"
     assert grpc_client.status() == ServingClient("sentiment", port=served["rest"]).status()
@@ -154,8 +175,11 @@ def test_status_and_metadata_have_tf_serving_json_shapes(served):
     assert status == 200 and list(doc) == ["model_version_status"]
     entries = {e["version"]: e for e in doc["model_version_status"]}
     for version in ("1", "2"):
-        assert entries[version] == {"version": version, "state": "AVAILABLE",
-                                    "status": {"error_code": "OK", "error_message": ""}}
+        assert entries[version] == {
+            "version": version,
+            "state": "AVAILABLE",
+            "status": {"error_code": "OK", "error_message": ""},
+        }
     versions = [int(e["version"]) for e in doc["model_version_status"]]
     assert versions == sorted(versions, reverse=True)
     status, doc = request(served["rest"], "GET", "/v1/models/digits/versions/1/metadata")
@@ -166,7 +190,9 @@ def test_status_and_metadata_have_tf_serving_json_shapes(served):
     assert default["method_name"] == "tensorflow/serving/predict"
     assert default["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
     assert default["inputs"]["image_bytes"]["tensor_shape"] == {
-        "dim": [{"size": "-1", "name": ""}], "unknown_rank": False}
+        "dim": [{"size": "-1", "name": ""}],
+        "unknown_rank": False,
+    }
     assert set(default["outputs"]) == {"probabilities", "class_id", "label", "score"}
     assert default["outputs"]["class_id"]["dtype"] == "DT_INT64"
     pixels = sigs["predict_pixels"]["inputs"]["pixels"]
@@ -174,13 +200,16 @@ def test_status_and_metadata_have_tf_serving_json_shapes(served):
 
 
 def test_version_and_label_routing(served):
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     import grpc
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     port = served["rest"]
-    for path, version in (("/v1/models/digits/versions/1", "1"), ("/v1/models/digits/labels/stable", "1"),
-                          ("/v1/models/digits/labels/canary", "2")):
+    for path, version in (
+        ("/v1/models/digits/versions/1", "1"),
+        ("/v1/models/digits/labels/stable", "1"),
+        ("/v1/models/digits/labels/canary", "2"),
+    ):
         status, doc = request(port, "GET", path + "/metadata")
         assert status == 200 and doc["model_spec"]["version"] == version, (path, doc)
         status, doc = post(port, path + ":predict", {"instances": [b64(png_bytes(BRIGHT))]})
@@ -219,6 +248,7 @@ def test_a_new_version_is_picked_up_while_serving(served):
     assert doc["model_spec"]["version"] == "3"  # latest
 
 
+@functools.lru_cache(maxsize=1)
 def _bad_requests():
     good = png_bytes((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8))
     image = b64(png_bytes(BRIGHT))
@@ -238,12 +268,24 @@ def _bad_requests():
         "wrong input name": (p, {"instances": [{"image": image}]}, 400),
         "wrong input name, columnar": (p, {"inputs": {"image": [image]}}, 400),
         "wrong type": (p, {"instances": [3.5]}, 400),
-        "wrong type, pixels": (p, {"signature_name": "predict_pixels",
-                                   "instances": [[[["a", "b", "c"]] * 8] * 8]}, 400),
-        "wrong shape, pixels": (p, {"signature_name": "predict_pixels",
-                                    "instances": [[[[1, 2, 3]] * 4] * 4]}, 400),
-        "ragged instances": (p, {"signature_name": "predict_pixels",
-                                 "instances": [[[[1, 2, 3]] * 8] * 8, [[[1, 2, 3]] * 7] * 8]}, 400),
+        "wrong type, pixels": (
+            p,
+            {"signature_name": "predict_pixels", "instances": [[[["a", "b", "c"]] * 8] * 8]},
+            400,
+        ),
+        "wrong shape, pixels": (
+            p,
+            {"signature_name": "predict_pixels", "instances": [[[[1, 2, 3]] * 4] * 4]},
+            400,
+        ),
+        "ragged instances": (
+            p,
+            {
+                "signature_name": "predict_pixels",
+                "instances": [[[[1, 2, 3]] * 8] * 8, [[[1, 2, 3]] * 7] * 8],
+            },
+            400,
+        ),
         "unknown signature": (p, {"signature_name": "nope", "instances": [image]}, 400),
         "signature name not a string": (p, {"signature_name": 7, "instances": [image]}, 400),
         "unknown model": ("/v1/models/nope:predict", {"instances": [image]}, 404),
@@ -260,8 +302,9 @@ def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(served, case
     status, doc = post(served["rest"], path, body)
     assert status == expected, (case, status, doc)
     assert isinstance(doc, dict) and isinstance(doc.get("error"), str) and doc["error"], doc
-    status, doc = post(served["rest"], "/v1/models/sentiment:predict",
-                       {"instances": [b64(png_bytes(BRIGHT))]})
+    status, doc = post(
+        served["rest"], "/v1/models/sentiment:predict", {"instances": [b64(png_bytes(BRIGHT))]}
+    )
     assert status == 200 and doc["predictions"][0]["label"] == "positive"
 
 
@@ -279,8 +322,10 @@ def test_grpc_errors_carry_status_codes(served):
     from kerascls.serving.client import ServingClient, ServingClientError
 
     port = served["grpc"]
-    cases = {"NOT_FOUND": ServingClient("nope", port=port, protocol="grpc"),
-             "INVALID_ARGUMENT": ServingClient("sentiment", port=port, protocol="grpc", label="beta")}
+    cases = {
+        "NOT_FOUND": ServingClient("nope", port=port, protocol="grpc"),
+        "INVALID_ARGUMENT": ServingClient("sentiment", port=port, protocol="grpc", label="beta"),
+    }
     for code, client in cases.items():
         with pytest.raises(ServingClientError) as err:
             client.predict([png_bytes(BRIGHT)])
@@ -299,8 +344,10 @@ def test_grpc_errors_carry_status_codes(served):
 def test_concurrent_requests_over_both_protocols(served):
     from kerascls.serving.client import ServingClient
 
-    clients = [ServingClient("sentiment", port=served["rest"]),
-               ServingClient("sentiment", port=served["grpc"], protocol="grpc")]
+    clients = [
+        ServingClient("sentiment", port=served["rest"]),
+        ServingClient("sentiment", port=served["grpc"], protocol="grpc"),
+    ]
     images = [png_bytes(BRIGHT), png_bytes(DARK)]
     results, errors = [], []
 
@@ -334,7 +381,9 @@ def test_client_cli_predict_status_metadata(served, tmp_path, capsys):
         line = json.loads(capsys.readouterr().out.strip())
         assert line["label"] == "positive" and line["image"] == str(image)
         assert main(["status", *args]) == 0
-        assert json.loads(capsys.readouterr().out)["model_version_status"][0]["state"] == "AVAILABLE"
+        assert (
+            json.loads(capsys.readouterr().out)["model_version_status"][0]["state"] == "AVAILABLE"
+        )
         assert main(["metadata", *args]) == 0
         assert "serving_default" in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "missing.png"), "--port", str(served["rest"])]) == 2
@@ -356,10 +405,22 @@ def test_server_cli_mirrors_tensorflow_model_server(served, tmp_path):
 
     grpc_port, rest_port = _free_port(), _free_port()
     base = served["digits_base"].parent / served["sentiment"].metadata["model_name"]
-    cmd = [sys.executable, "-m", "kerascls.serving.server", f"--port={grpc_port}",
-           f"--rest_api_port={rest_port}", "--model_name=clf", f"--model_base_path={base}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "kerascls.serving.server",
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        "--model_name=clf",
+        f"--model_base_path={base}",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     try:
         client = ServingClient("clf", port=rest_port, timeout=5)
 
@@ -382,5 +443,81 @@ def test_server_cli_mirrors_tensorflow_model_server(served, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert main(["--model_base_path", str(tmp_path / "nowhere")]) == 2
     assert main(["--model_name", "x"]) == 2
-    assert main(["--rest_api_port", "8501", "--model_base_path", str(base),
-                 "--batching_parameters_file", str(tmp_path / "b.config")]) == 2
+    assert (
+        main(
+            [
+                "--rest_api_port",
+                "8501",
+                "--model_base_path",
+                str(base),
+                "--batching_parameters_file",
+                str(tmp_path / "b.config"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_config_reload_moves_a_label(served, tmp_path):
+    """--model_config_file_poll_wait_seconds: promoting the canary is a config edit, no restart."""
+    from kerascls.serving.manager import ModelManager, parse_model_config
+    from kerascls.serving.server import _ConfigReloader
+
+    base = served["digits_base"]
+    config = tmp_path / "models.config"
+
+    def write(stable: int):
+        config.write_text(f"""model_config_list {{ config {{ name: 'digits' base_path: '{base}'
+            model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+            version_labels {{ key: 'stable' value: {stable} }} }} }}""")
+
+    write(1)
+    manager = ModelManager(parse_model_config(config.read_text()), poll_seconds=0)
+    manager.config_reloader = _ConfigReloader(config, 0.0, manager)
+    manager.poll()
+    assert manager.servable("digits", label="stable").version == 1
+    assert sorted(v for v, s in manager.snapshot()["digits"].items() if s == "AVAILABLE") == [1, 2]
+    write(2)
+    os.utime(config, (time.time() + 5, time.time() + 5))
+    manager.poll()
+    assert manager.servable("digits", label="stable").version == 2
+    config.write_text("model_config_list { config { name: 'digits' nonsense: 1 } }")
+    os.utime(config, (time.time() + 10, time.time() + 10))
+    manager.poll()  # a broken edit keeps the previous config
+    assert manager.servable("digits", label="stable").version == 2
+
+
+def test_deployment_kit_files_are_valid():
+    import yaml
+
+    from kerascls.serving.configs import parse_batching, parse_monitoring
+    from kerascls.serving.manager import parse_model_config
+
+    kit = Path(__file__).resolve().parents[1] / "serving"
+    (model,) = parse_model_config((kit / "models.config").read_text())
+    assert (model.name, str(model.base_path)) == ("clf", "/models/clf")
+    assert model.labels == {"stable": 1, "canary": 2} and model.policy == ("specific", (1, 2))
+    batching = parse_batching((kit / "batching.config").read_text())
+    assert (batching.max_batch_size, batching.batch_timeout_micros) == (32, 2000)
+    monitoring = parse_monitoring((kit / "monitoring.config").read_text())
+    assert (
+        monitoring.prometheus_enabled
+        and monitoring.prometheus_path == "/monitoring/prometheus/metrics"
+    )
+    compose = yaml.safe_load((kit / "docker-compose.yml").read_text())
+    service = compose["services"]["tfserving"]
+    assert service["image"].startswith("tensorflow/serving")
+    assert {"8500:8500", "8501:8501"} <= set(service["ports"])
+    flags = " ".join(service["command"])
+    for flag in (
+        "--model_config_file=",
+        "--enable_batching",
+        "--batching_parameters_file=",
+        "--monitoring_config_file=",
+    ):
+        assert flag in flags
+    from kerascls.serving.server import build_parser
+
+    build_parser().parse_args(service["command"])  # the local server takes the same flags
+    readme = (kit / "README.md").read_text()
+    assert "python -m kerascls.serving.server" in readme and "curl" in readme

@@ -68,7 +68,9 @@ def versions_in(model_dir: Path) -> list[int]:
     """Integer version directories under ``model_dir``, sorted (TF Serving's rule: digits only)."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name))
+    return sorted(
+        int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)
+    )
 
 
 def _read_header(data):
@@ -105,15 +107,19 @@ def _read_header(data):
     is_jpeg = tf.reduce_all(tf.equal(b[:2], tf.constant([255, 216], tf.int64)))
     zero = tf.zeros([2], tf.int64)
     return is_jpeg, tf.case(
-        [(is_png, lambda: tf.stack([be32(20), be32(16)])),
-         (is_gif, lambda: tf.stack([le16(8), le16(6)])),
-         (is_bmp, lambda: tf.stack([le32s(22), le32s(18)])),
-         (is_jpeg, jpeg)],
-        default=lambda: zero, exclusive=False)
+        [
+            (is_png, lambda: tf.stack([be32(20), be32(16)])),
+            (is_gif, lambda: tf.stack([le16(8), le16(6)])),
+            (is_bmp, lambda: tf.stack([le32s(22), le32s(18)])),
+            (is_jpeg, jpeg),
+        ],
+        default=lambda: zero,
+        exclusive=False,
+    )
 
 
 def decode_images(image_bytes, size: tuple[int, int], max_pixels: int = MAX_IMAGE_PIXELS):
-    """Encoded images (string [N]) to a float32 0..255 RGB batch [N, H, W, 3], resized as training did.
+    """Encoded images (string [N]) to float32 0..255 RGB [N, H, W, 3], resized as training did.
 
     Decoding matches :func:`kerascls.data.preprocess.read_image` (Pillow, which reads folder
     datasets): PNG, BMP and GIF are lossless, and JPEG uses the accurate integer IDCT.
@@ -130,22 +136,28 @@ def decode_images(image_bytes, size: tuple[int, int], max_pixels: int = MAX_IMAG
         is_jpeg, hw = _read_header(data)
         too_big = tf.debugging.Assert(
             hw[0] * hw[1] <= max_pixels,
-            [f"image too large: the limit is {max_pixels} pixels; height and width:", hw])
+            [f"image too large: the limit is {max_pixels} pixels; height and width:", hw],
+        )
         with tf.control_dependencies([too_big]):
             # JPEG with the accurate integer IDCT decodes exactly as Pillow (the training reader).
             image = tf.cond(
                 is_jpeg,
                 lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-                lambda: tf.io.decode_image(data, channels=3, expand_animations=False,
-                                           dtype=tf.uint8))
+                lambda: tf.io.decode_image(
+                    data, channels=3, expand_animations=False, dtype=tf.uint8
+                ),
+            )
         image.set_shape([None, None, 3])
         shape = tf.shape(image)
-        empty = tf.debugging.Assert(tf.reduce_all(shape[:2] > 0),
-                                    ["image has no pixels; height and width:", shape[:2]])
+        empty = tf.debugging.Assert(
+            tf.reduce_all(shape[:2] > 0), ["image has no pixels; height and width:", shape[:2]]
+        )
         with tf.control_dependencies([empty]):
             return resize_images(image[None], (height, width))[0]
 
-    return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
+    return tf.map_fn(
+        one, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32)
+    )
 
 
 def _trackable(run):
@@ -154,13 +166,15 @@ def _trackable(run):
 
 
 def build_serving_module(run, max_pixels: int = MAX_IMAGE_PIXELS):
-    """A ``tf.Module`` holding the run's model and the two serving functions (``serve``, ``pixels``)."""
+    """A ``tf.Module`` with the run's model and the serving functions ``serve`` and ``pixels``."""
     import tensorflow as tf
 
     h, w, c = (int(v) for v in run.metadata["input_shape"])
     if c != 3:
-        raise UserError(f"SavedModel export needs RGB models (input_shape [H, W, 3]); "
-                        f"run {run.path} has input_shape {run.metadata['input_shape']}")
+        raise UserError(
+            f"SavedModel export needs RGB models (input_shape [H, W, 3]); "
+            f"run {run.path} has input_shape {run.metadata['input_shape']}"
+        )
     labels = [str(v) for v in run.metadata["labels"]]
 
     module = tf.Module(name="kerascls_serving")
@@ -173,8 +187,10 @@ def build_serving_module(run, max_pixels: int = MAX_IMAGE_PIXELS):
             raise UserError("run.signature_outputs() must return 'probabilities'")
         clash = sorted(set(out) & set(BASE_OUTPUTS[1:]))
         if clash:
-            raise UserError(f"run.signature_outputs() may not return {', '.join(clash)}: the "
-                            "exporter derives them from 'probabilities'")
+            raise UserError(
+                f"run.signature_outputs() may not return {', '.join(clash)}: the "
+                "exporter derives them from 'probabilities'"
+            )
         probs = tf.cast(out.pop("probabilities"), tf.float32)
         class_id = tf.argmax(probs, axis=-1, output_type=tf.int64)
         result = {
@@ -183,7 +199,9 @@ def build_serving_module(run, max_pixels: int = MAX_IMAGE_PIXELS):
             "label": tf.gather(module.labels, class_id),
             "score": tf.reduce_max(probs, axis=-1),
         }
-        result.update({k: tf.cast(v, tf.float32) if v.dtype.is_floating else v for k, v in out.items()})
+        result.update(
+            {k: tf.cast(v, tf.float32) if v.dtype.is_floating else v for k, v in out.items()}
+        )
         return result
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_INPUT)])
@@ -229,10 +247,12 @@ def warmup_records(model_name: str, images: np.ndarray) -> list[bytes]:
 
     def record(signature, name, value):
         request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
+        )
         request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         log = prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request))
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        )
         return log.SerializeToString()
 
     return [
@@ -248,15 +268,20 @@ def _manifest(run, model_name: str, max_pixels: int, outputs: list[str]) -> dict
         **run.metadata,
         "serving": {
             "model_name": model_name,
-            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
             "run_dir": str(Path(run.path).resolve()),
             "max_image_pixels": max_pixels,
             "signatures": {
-                SERVING_SIGNATURE: {"inputs": {IMAGE_INPUT: {"dtype": "DT_STRING", "shape": [-1]}},
-                                    "outputs": outputs},
-                PIXELS_SIGNATURE: {"inputs": {PIXELS_INPUT: {"dtype": "DT_FLOAT",
-                                                             "shape": [-1, h, w, 3]}},
-                                   "outputs": outputs},
+                SERVING_SIGNATURE: {
+                    "inputs": {IMAGE_INPUT: {"dtype": "DT_STRING", "shape": [-1]}},
+                    "outputs": outputs,
+                },
+                PIXELS_SIGNATURE: {
+                    "inputs": {PIXELS_INPUT: {"dtype": "DT_FLOAT", "shape": [-1, h, w, 3]}},
+                    "outputs": outputs,
+                },
             },
         },
     }
@@ -267,15 +292,21 @@ def _next_version(model_dir: Path) -> int:
     return (found[-1] + 1) if found else 1
 
 
-def export_saved_model(run, out_dir: Path, *, models_dir: str | Path | None = None,
-                       version: int | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS,
-                       warmup_images: int = WARMUP_IMAGES) -> list[Path]:
+def export_saved_model(
+    run,
+    out_dir: Path,
+    *,
+    models_dir: str | Path | None = None,
+    version: int | None = None,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    warmup_images: int = WARMUP_IMAGES,
+) -> list[Path]:
     """Export ``run`` as SavedModel version ``MODELS_DIR/<model_name>/<version>/``.
 
     Args:
         run: a :class:`kerascls.runs.Run`.
         out_dir: the run's output directory; ``MODELS_DIR`` defaults to ``out_dir / "models"``.
-        models_dir: the directory holding one folder per model (the parent of TF Serving's base path).
+        models_dir: the directory holding one folder per model (the parent of the base path).
         version: the version number; default the next integer after the highest one present.
             An existing version is never overwritten.
         max_image_pixels: largest image (height x width) the ``serving_default`` graph decodes.
@@ -297,8 +328,10 @@ def export_saved_model(run, out_dir: Path, *, models_dir: str | Path | None = No
         if version <= 0:
             raise UserError(f"--version must be a positive integer. Received: {version}")
         if (model_dir / str(version)).exists():
-            raise UserError(f"version {version} already exists in {model_dir}; "
-                            f"omit --version to write version {_next_version(model_dir)}")
+            raise UserError(
+                f"version {version} already exists in {model_dir}; "
+                f"omit --version to write version {_next_version(model_dir)}"
+            )
     model_dir.mkdir(parents=True, exist_ok=True)
 
     module = build_serving_module(run, max_image_pixels)
@@ -308,12 +341,15 @@ def export_saved_model(run, out_dir: Path, *, models_dir: str | Path | None = No
         staging = tmp / "staging"
         staging.mkdir()
         final_version = version or _next_version(model_dir)
-        signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function(),
-                      PIXELS_SIGNATURE: module.pixels.get_concrete_function()}
+        signatures = {
+            SERVING_SIGNATURE: module.serve.get_concrete_function(),
+            PIXELS_SIGNATURE: module.pixels.get_concrete_function(),
+        }
         outputs = sorted(signatures[SERVING_SIGNATURE].structured_outputs)
         atomic_write_text(staging / LABELS_FILE, "".join(f"{name}\n" for name in run.labels))
-        atomic_write_json(staging / MANIFEST_FILE,
-                          _manifest(run, model_name, max_image_pixels, outputs))
+        atomic_write_json(
+            staging / MANIFEST_FILE, _manifest(run, model_name, max_image_pixels, outputs)
+        )
         module.labels_file = tf.saved_model.Asset(str(staging / LABELS_FILE))
         module.manifest_file = tf.saved_model.Asset(str(staging / MANIFEST_FILE))
         saved = tmp / "saved_model"

@@ -43,9 +43,12 @@ class _Queue:
         self.tasks: deque[_Task] = deque()
         self.rows = 0
         self.closed = False
-        self.threads = [threading.Thread(target=self._work, daemon=True,
-                                         name=f"batch-{servable.name}-{servable.version}-{i}")
-                        for i in range(batcher.config.num_batch_threads)]
+        self.threads = [
+            threading.Thread(
+                target=self._work, daemon=True, name=f"batch-{servable.name}-{servable.version}-{i}"
+            )
+            for i in range(batcher.config.num_batch_threads)
+        ]
         for t in self.threads:
             t.start()
 
@@ -55,8 +58,10 @@ class _Queue:
             if self.closed:
                 raise ServingError("UNAVAILABLE", "the model version is being unloaded")
             if self.rows + task.rows > cfg.max_enqueued_batches * cfg.max_batch_size:
-                raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task "
-                                   "was submitted is full")
+                raise ServingError(
+                    "UNAVAILABLE",
+                    "The batch scheduling queue to which this task was submitted is full",
+                )
             self.tasks.append(task)
             self.rows += task.rows
             self.cond.notify()
@@ -78,8 +83,9 @@ class _Queue:
             batch, rows, key = [first], first.rows, first.key()
             deadline = time.monotonic() + cfg.batch_timeout_micros / 1e6
             while rows < limit:
-                match = next((t for t in self.tasks if t.key() == key and rows + t.rows <= limit),
-                             None)
+                match = next(
+                    (t for t in self.tasks if t.key() == key and rows + t.rows <= limit), None
+                )
                 if match is not None:
                     self.tasks.remove(match)
                     batch.append(match)
@@ -106,7 +112,7 @@ class _Queue:
                 outputs = self.servable.run(self.sig, self.batcher.pad(merged))
                 start = 0
                 for t in batch:
-                    t.result = {k: v[start:start + t.rows] for k, v in outputs.items()}
+                    t.result = {k: v[start : start + t.rows] for k, v in outputs.items()}
                     start += t.rows
                     t.done.set()
                 return
@@ -120,7 +126,7 @@ class _Queue:
         for t in batch:
             try:
                 outputs = self.servable.run(self.sig, self.batcher.pad(t.inputs))
-                t.result = {k: v[:t.rows] for k, v in outputs.items()}
+                t.result = {k: v[: t.rows] for k, v in outputs.items()}
             except BaseException as exc:  # noqa: BLE001 - delivered to the waiting request
                 t.error = exc
             t.done.set()
@@ -149,8 +155,10 @@ class Batcher:
         target = next((s for s in sizes if s >= rows), rows)
         if target == rows or rows == 0:
             return inputs
-        return {k: np.concatenate([v, np.repeat(v[:1], target - rows, axis=0)])
-                for k, v in inputs.items()}
+        return {
+            k: np.concatenate([v, np.repeat(v[:1], target - rows, axis=0)])
+            for k, v in inputs.items()
+        }
 
     def run(self, servable, sig, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs for ``inputs``, computed in a batch with other concurrent requests."""
@@ -159,14 +167,19 @@ class Batcher:
             raise invalid("Batching Run() input tensors must have equal 0th-dimension size")
         rows = sizes.pop()
         if rows > self.config.max_batch_size:
-            raise invalid(f"Task size {rows} is larger than maximum input batch size "
-                          f"{self.config.max_batch_size}")
+            raise invalid(
+                f"Task size {rows} is larger than maximum input batch size "
+                f"{self.config.max_batch_size}"
+            )
         if rows == 0:
             return servable.run(sig, inputs)
         if rows > self.execution_limit:
-            parts = [self.run(servable, sig, {k: v[i:i + self.execution_limit]
-                                              for k, v in inputs.items()})
-                     for i in range(0, rows, self.execution_limit)]
+            parts = [
+                self.run(
+                    servable, sig, {k: v[i : i + self.execution_limit] for k, v in inputs.items()}
+                )
+                for i in range(0, rows, self.execution_limit)
+            ]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         queue = self._queue(servable, sig)
         task = _Task(inputs, rows)

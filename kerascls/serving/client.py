@@ -1,4 +1,4 @@
-"""A client for TensorFlow Serving (and the local server): predict, status and metadata over REST or gRPC.
+"""A TensorFlow Serving client (also for the local server): predict, status, metadata; REST or gRPC.
 
 Python::
 
@@ -71,8 +71,13 @@ class Prediction:
     extras: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "score": self.score, "class_id": self.class_id,
-                "probabilities": self.probabilities, **self.extras}
+        return {
+            "label": self.label,
+            "score": self.score,
+            "class_id": self.class_id,
+            "probabilities": self.probabilities,
+            **self.extras,
+        }
 
 
 def _as_bytes(image) -> bytes:
@@ -92,23 +97,34 @@ def _as_bytes(image) -> bytes:
 def predictions_from_outputs(outputs: dict[str, np.ndarray]) -> list[Prediction]:
     """Per-image :class:`Prediction` objects from column outputs of a kerascls SavedModel."""
     if "probabilities" not in outputs:
-        raise ServingClientError("the response has no 'probabilities' output; is this a kerascls "
-                                 f"SavedModel? Outputs: {', '.join(sorted(outputs))}")
+        raise ServingClientError(
+            "the response has no 'probabilities' output; is this a kerascls "
+            f"SavedModel? Outputs: {', '.join(sorted(outputs))}"
+        )
     probs = np.asarray(outputs["probabilities"], dtype=np.float64)
     n = probs.shape[0]
     class_id = np.asarray(outputs.get("class_id", probs.argmax(axis=-1))).astype(int)
     score = np.asarray(outputs.get("score", probs.max(axis=-1)), dtype=np.float64)
     labels = outputs.get("label", class_id.astype(str))
-    extras = {k: np.asarray(v) for k, v in outputs.items()
-              if k not in ("probabilities", "class_id", "score", "label")}
+    extras = {
+        k: np.asarray(v)
+        for k, v in outputs.items()
+        if k not in ("probabilities", "class_id", "score", "label")
+    }
     result = []
     for i in range(n):
         label = labels[i]
         if isinstance(label, bytes):
             label = label.decode("utf-8", errors="replace")
-        result.append(Prediction(
-            str(label), float(score[i]), int(class_id[i]), [float(v) for v in probs[i]],
-            {k: float(v[i]) for k, v in extras.items() if v.ndim == 1 and v.shape[0] == n}))
+        result.append(
+            Prediction(
+                str(label),
+                float(score[i]),
+                int(class_id[i]),
+                [float(v) for v in probs[i]],
+                {k: float(v[i]) for k, v in extras.items() if v.ndim == 1 and v.shape[0] == n},
+            )
+        )
     return result
 
 
@@ -127,9 +143,17 @@ class ServingClient:
     The client is safe to share between threads (one HTTP connection per thread).
     """
 
-    def __init__(self, model: str = "default", *, host: str = "127.0.0.1", port: int | None = None,
-                 protocol: str = "rest", version: int | None = None, label: str | None = None,
-                 timeout: float = 30.0):
+    def __init__(
+        self,
+        model: str = "default",
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        protocol: str = "rest",
+        version: int | None = None,
+        label: str | None = None,
+        timeout: float = 30.0,
+    ):
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}. Received: {protocol}")
         if version is not None and label:
@@ -189,13 +213,17 @@ class ServingClient:
         if self.protocol == "grpc":
             from tensorflow_serving.apis import get_model_metadata_pb2
 
-            request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                metadata_field=["signature_def"]
+            )
             self._fill_spec(request.model_spec)
             response = self._grpc_call("prediction", "GetModelMetadata", request)
             sig_map = get_model_metadata_pb2.SignatureDefMap()
             response.metadata["signature_def"].Unpack(sig_map)
-            return {"model_spec": _to_dict(response.model_spec, field_names=True),
-                    "metadata": {"signature_def": _to_dict(sig_map, field_names=True)}}
+            return {
+                "model_spec": _to_dict(response.model_spec, field_names=True),
+                "metadata": {"signature_def": _to_dict(sig_map, field_names=True)},
+            }
         return self._rest_json("GET", self._path("/metadata"))
 
     def close(self) -> None:
@@ -243,22 +271,29 @@ class ServingClient:
                 conn.close()
                 self._local.conn = None
                 # A kept-alive connection the server closed meanwhile: retry once on a new one.
-                if attempt == 0 and isinstance(exc, (http.client.RemoteDisconnected,
-                                                     BrokenPipeError, ConnectionResetError)):
+                if attempt == 0 and isinstance(
+                    exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+                ):
                     continue
-                raise ServingClientError(f"cannot reach http://{self.host}:{self.port}: "
-                                         f"{getattr(exc, 'strerror', None) or exc}") from None
+                raise ServingClientError(
+                    f"cannot reach http://{self.host}:{self.port}: "
+                    f"{getattr(exc, 'strerror', None) or exc}"
+                ) from None
         if response.getheader("Connection", "").lower() == "close":
             conn.close()
             self._local.conn = None
         try:
             doc = json.loads(payload) if payload else {}
         except ValueError:
-            raise ServingClientError(f"HTTP {response.status} from {path}: not JSON: "
-                                     f"{payload[:200]!r}", response.status) from None
+            raise ServingClientError(
+                f"HTTP {response.status} from {path}: not JSON: {payload[:200]!r}", response.status
+            ) from None
         if response.status != 200:
-            message = doc.get("error", payload[:200].decode("utf-8", "replace")) \
-                if isinstance(doc, dict) else str(doc)
+            message = (
+                doc.get("error", payload[:200].decode("utf-8", "replace"))
+                if isinstance(doc, dict)
+                else str(doc)
+            )
             raise ServingClientError(f"HTTP {response.status}: {message}", response.status)
         return doc
 
@@ -268,17 +303,24 @@ class ServingClient:
             if isinstance(value, np.ndarray) and value.dtype != object:
                 columns[name] = value.tolist()
             else:
-                columns[name] = [{"b64": base64.b64encode(_as_bytes(v)).decode("ascii")}
-                                 if isinstance(v, (bytes, bytearray, memoryview)) else v
-                                 for v in value]
-        doc = {"signature_name": signature,
-               "inputs": next(iter(columns.values())) if len(columns) == 1 else columns}
+                columns[name] = [
+                    {"b64": base64.b64encode(_as_bytes(v)).decode("ascii")}
+                    if isinstance(v, (bytes, bytearray, memoryview))
+                    else v
+                    for v in value
+                ]
+        doc = {
+            "signature_name": signature,
+            "inputs": next(iter(columns.values())) if len(columns) == 1 else columns,
+        }
         body = json.dumps(doc, separators=(",", ":")).encode()
         answer = self._rest_json("POST", self._path(":predict"), body)
         outputs = answer.get("outputs")
         if not isinstance(outputs, dict):
-            raise ServingClientError("the response has a single unnamed output; expected the "
-                                     "kerascls outputs (probabilities, class_id, label, score)")
+            raise ServingClientError(
+                "the response has a single unnamed output; expected the "
+                "kerascls outputs (probabilities, class_id, label, score)"
+            )
         return {k: _json_column(v) for k, v in outputs.items()}
 
     # -- gRPC -----------------------------------------------------------------------------------
@@ -291,13 +333,19 @@ class ServingClient:
                     prediction_service_pb2_grpc,
                 )
             except ImportError as exc:
-                raise UserError(f"gRPC needs grpcio and tensorflow-serving-api: pip install "
-                                f"grpcio tensorflow-serving-api ({exc})") from None
-            options = [("grpc.max_receive_message_length", -1),
-                       ("grpc.max_send_message_length", -1)]
+                raise UserError(
+                    f"gRPC needs grpcio and tensorflow-serving-api: pip install "
+                    f"grpcio tensorflow-serving-api ({exc})"
+                ) from None
+            options = [
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+            ]
             self._channel = grpc.insecure_channel(f"{self.host}:{self.port}", options=options)
-            self._stubs = {"prediction": prediction_service_pb2_grpc.PredictionServiceStub(self._channel),
-                           "model": model_service_pb2_grpc.ModelServiceStub(self._channel)}
+            self._stubs = {
+                "prediction": prediction_service_pb2_grpc.PredictionServiceStub(self._channel),
+                "model": model_service_pb2_grpc.ModelServiceStub(self._channel),
+            }
         return self._stubs
 
     def _grpc_call(self, stub: str, method: str, request):
@@ -308,8 +356,9 @@ class ServingClient:
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() else "UNKNOWN"
             if code == "UNAVAILABLE":
-                raise ServingClientError(f"cannot reach {self.host}:{self.port} over gRPC: "
-                                         f"{exc.details()}", code) from None
+                raise ServingClientError(
+                    f"cannot reach {self.host}:{self.port} over gRPC: {exc.details()}", code
+                ) from None
             raise ServingClientError(f"gRPC {code}: {exc.details()}", code) from None
 
     def _fill_spec(self, spec, signature: str = "") -> None:
@@ -344,6 +393,7 @@ class ServingClient:
 
 def _json_column(value) -> np.ndarray:
     """A REST output column as numpy: ``{"b64"}`` objects decoded, strings as bytes."""
+
     def conv(v):
         if isinstance(v, list):
             return [conv(x) for x in v]
@@ -367,8 +417,9 @@ def _has_bytes(value) -> bool:
 def _to_dict(message, field_names: bool) -> dict:
     from google.protobuf import json_format
 
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
-                                     preserving_proto_field_name=field_names)
+    return json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True, preserving_proto_field_name=field_names
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,15 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default="default", help="model name (default 'default')")
     common.add_argument("--host", default="127.0.0.1", help="server host (default 127.0.0.1)")
-    common.add_argument("--port", type=int, default=None,
-                        help="server port (default 8501 for rest, 8500 for grpc)")
+    common.add_argument(
+        "--port", type=int, default=None, help="server port (default 8501 for rest, 8500 for grpc)"
+    )
     common.add_argument("--protocol", default="rest", help="rest or grpc (default rest)")
     target = common.add_mutually_exclusive_group()
     target.add_argument("--version", type=int, default=None, help="ask for this model version")
     target.add_argument("--label", default=None, help="ask for the version behind this label")
     common.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    parser = _Parser(prog="python -m kerascls.serving.client", allow_abbrev=False,
-                     description="Query TensorFlow Serving or the kerascls local server.")
+    parser = _Parser(
+        prog="python -m kerascls.serving.client",
+        allow_abbrev=False,
+        description="Query TensorFlow Serving or the kerascls local server.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="{predict,status,metadata}")
     sub.required = True
     p = sub.add_parser("predict", parents=[common], help="classify image files")
@@ -410,9 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.protocol not in PROTOCOLS:
-        raise UserError(f"--protocol must be one of {', '.join(PROTOCOLS)}. Received: {args.protocol}")
-    client = ServingClient(args.model, host=args.host, port=args.port, protocol=args.protocol,
-                           version=args.version, label=args.label, timeout=args.timeout)
+        raise UserError(
+            f"--protocol must be one of {', '.join(PROTOCOLS)}. Received: {args.protocol}"
+        )
+    client = ServingClient(
+        args.model,
+        host=args.host,
+        port=args.port,
+        protocol=args.protocol,
+        version=args.version,
+        label=args.label,
+        timeout=args.timeout,
+    )
     try:
         if args.command == "status":
             print(json.dumps(client.status(), indent=2))
@@ -420,12 +484,16 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(client.metadata(), indent=2))
         else:
             if args.batch_size <= 0:
-                raise UserError(f"--batch-size must be a positive integer. Received: {args.batch_size}")
+                raise UserError(
+                    f"--batch-size must be a positive integer. Received: {args.batch_size}"
+                )
             blobs = [(path, _as_bytes(path)) for path in args.images]
             width = max(len(p) for p, _ in blobs)
             for start in range(0, len(blobs), args.batch_size):
-                chunk = blobs[start:start + args.batch_size]
-                for (path, _), pred in zip(chunk, client.predict([b for _, b in chunk])):
+                chunk = blobs[start : start + args.batch_size]
+                for (path, _), pred in zip(
+                    chunk, client.predict([b for _, b in chunk]), strict=True
+                ):
                     if args.json:
                         print(json.dumps({"image": path, **pred.to_dict()}))
                     else:

@@ -21,15 +21,28 @@ def _messages():
 
     F = descriptor_pb2.FieldDescriptorProto
     fdp = descriptor_pb2.FileDescriptorProto(
-        name="kerascls/serving/tf_serving_configs.proto", package="tensorflow.serving",
-        syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+        name="kerascls/serving/tf_serving_configs.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
 
     def add(msg, name, number, kind, type_name="", repeated=False):
-        msg.field.add(name=name, number=number, type=kind, type_name=type_name,
-                      label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
+        field = msg.field.add(
+            name=name,
+            number=number,
+            type=kind,
+            label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL,
+        )
+        if type_name:
+            field.type_name = type_name
 
     batching = fdp.message_type.add(name="BatchingParameters")
-    i64, s, b = ".google.protobuf.Int64Value", ".google.protobuf.StringValue", ".google.protobuf.BoolValue"
+    i64, s, b = (
+        ".google.protobuf.Int64Value",
+        ".google.protobuf.StringValue",
+        ".google.protobuf.BoolValue",
+    )
     add(batching, "max_batch_size", 1, F.TYPE_MESSAGE, i64)
     add(batching, "batch_timeout_micros", 2, F.TYPE_MESSAGE, i64)
     add(batching, "max_enqueued_batches", 3, F.TYPE_MESSAGE, i64)
@@ -49,8 +62,12 @@ def _messages():
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(fdp)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
-            for name in ("BatchingParameters", "MonitoringConfig")}
+    return {
+        name: message_factory.GetMessageClass(
+            pool.FindMessageTypeByName(f"tensorflow.serving.{name}")
+        )
+        for name in ("BatchingParameters", "MonitoringConfig")
+    }
 
 
 def _parse(kind: str, text: str, source: str):
@@ -81,8 +98,13 @@ def parse_batching(text: str, source: str = "--batching_parameters_file") -> Bat
     """A :class:`BatchingConfig` from a ``BatchingParameters`` text file."""
     msg = _parse("BatchingParameters", text, source)
     cfg = BatchingConfig()
-    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
-                 "num_batch_threads", "max_execution_batch_size"):
+    for name in (
+        "max_batch_size",
+        "batch_timeout_micros",
+        "max_enqueued_batches",
+        "num_batch_threads",
+        "max_execution_batch_size",
+    ):
         if msg.HasField(name):
             setattr(cfg, name, int(getattr(msg, name).value))
     if msg.HasField("enable_large_batch_splitting"):
@@ -94,16 +116,21 @@ def parse_batching(text: str, source: str = "--batching_parameters_file") -> Bat
         if getattr(cfg, name) <= 0:
             raise UserError(f"{source}: {name} must be positive. Received: {getattr(cfg, name)}")
     if cfg.batch_timeout_micros < 0:
-        raise UserError(f"{source}: batch_timeout_micros must be >= 0. "
-                        f"Received: {cfg.batch_timeout_micros}")
+        raise UserError(
+            f"{source}: batch_timeout_micros must be >= 0. Received: {cfg.batch_timeout_micros}"
+        )
     sizes = cfg.allowed_batch_sizes
     if sizes:
         if list(sizes) != sorted(set(sizes)) or sizes[0] <= 0:
-            raise UserError(f"{source}: allowed_batch_sizes must be positive and increasing. "
-                            f"Received: {list(sizes)}")
+            raise UserError(
+                f"{source}: allowed_batch_sizes must be positive and increasing. "
+                f"Received: {list(sizes)}"
+            )
         if sizes[-1] != cfg.max_batch_size:
-            raise UserError(f"{source}: the last allowed_batch_sizes entry must equal "
-                            f"max_batch_size ({cfg.max_batch_size}). Received: {sizes[-1]}")
+            raise UserError(
+                f"{source}: the last allowed_batch_sizes entry must equal "
+                f"max_batch_size ({cfg.max_batch_size}). Received: {sizes[-1]}"
+            )
     return cfg
 
 
@@ -121,7 +148,9 @@ def parse_monitoring(text: str, source: str = "--monitoring_config_file") -> Mon
     cfg = MonitoringConfig(bool(msg.prometheus_config.enable))
     if msg.prometheus_config.path:
         if not msg.prometheus_config.path.startswith("/"):
-            raise UserError(f"{source}: prometheus_config.path must start with '/'. "
-                            f"Received: {msg.prometheus_config.path}")
+            raise UserError(
+                f"{source}: prometheus_config.path must start with '/'. "
+                f"Received: {msg.prometheus_config.path}"
+            )
         cfg.prometheus_path = msg.prometheus_config.path
     return cfg

@@ -24,13 +24,25 @@ from kerascls.serving.status import ServingError, invalid
 
 # TensorFlow DataType names -> numpy dtypes for the types JSON can carry.
 NUMPY_DTYPES = {
-    "DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_HALF": np.float16,
-    "DT_INT8": np.int8, "DT_INT16": np.int16, "DT_INT32": np.int32, "DT_INT64": np.int64,
-    "DT_UINT8": np.uint8, "DT_UINT16": np.uint16, "DT_UINT32": np.uint32, "DT_UINT64": np.uint64,
-    "DT_BOOL": np.bool_, "DT_STRING": object,
+    "DT_FLOAT": np.float32,
+    "DT_DOUBLE": np.float64,
+    "DT_HALF": np.float16,
+    "DT_INT8": np.int8,
+    "DT_INT16": np.int16,
+    "DT_INT32": np.int32,
+    "DT_INT64": np.int64,
+    "DT_UINT8": np.uint8,
+    "DT_UINT16": np.uint16,
+    "DT_UINT32": np.uint32,
+    "DT_UINT64": np.uint64,
+    "DT_BOOL": np.bool_,
+    "DT_STRING": object,
 }
-_FLOAT_LIMITS = {"DT_FLOAT": (24, 3.4028234663852886e38), "DT_HALF": (11, 65504.0),
-                 "DT_DOUBLE": (53, 1.7976931348623157e308)}
+_FLOAT_LIMITS = {
+    "DT_FLOAT": (24, 3.4028234663852886e38),
+    "DT_HALF": (11, 65504.0),
+    "DT_DOUBLE": (53, 1.7976931348623157e308),
+}
 
 
 @dataclasses.dataclass
@@ -62,8 +74,10 @@ def _json_type(value) -> str:
 
 
 def _type_error(value, dtype: str) -> ServingError:
-    return invalid(f"JSON Value: {_short(value)} Type: {_json_type(value)} is not of expected "
-                   f"type: {dtype[3:].lower()}")
+    return invalid(
+        f"JSON Value: {_short(value)} Type: {_json_type(value)} is not of expected "
+        f"type: {dtype[3:].lower()}"
+    )
 
 
 def is_b64(value) -> bool:
@@ -88,16 +102,22 @@ def _strings(value, dtype: str) -> np.ndarray:
     def walk(v, level):
         if isinstance(v, list):
             if level >= len(shape):
-                raise invalid(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
+                raise invalid(
+                    f"Encountered list at unexpected level: {level} expected < {len(shape)}"
+                )
             if len(v) != shape[level]:
-                raise invalid(f"Encountered list at unexpected size: {len(v)} at level: {level} "
-                              f"expected size: {shape[level]}")
+                raise invalid(
+                    f"Encountered list at unexpected size: {len(v)} at level: {level} "
+                    f"expected size: {shape[level]}"
+                )
             for item in v:
                 walk(item, level + 1)
             return
         if level != len(shape):
-            raise invalid(f"JSON Value: {_short(v)} found at incorrect level: {level + 1} in the "
-                          f"JSON DOM. Expected at level: {len(shape)}")
+            raise invalid(
+                f"JSON Value: {_short(v)} found at incorrect level: {level + 1} in the "
+                f"JSON DOM. Expected at level: {len(shape)}"
+            )
         if isinstance(v, str):
             out.append(v.encode("utf-8"))
         elif isinstance(v, dict):
@@ -134,33 +154,44 @@ def _numbers(value, dtype: str) -> np.ndarray:
     try:
         raw = np.asarray(value)
     except ValueError:
-        raise invalid(f"JSON Value: {_short(value)} is a ragged list: every list at the same "
-                      "level must have the same size") from None
+        raise invalid(
+            f"JSON Value: {_short(value)} is a ragged list: every list at the same "
+            "level must have the same size"
+        ) from None
     kind = raw.dtype.kind
     if dtype == "DT_BOOL":
         if kind != "b":
             bad = _first_bad_leaf(value, lambda v: isinstance(v, bool))
             raise _type_error(bad[0] if bad else value, dtype)
         return raw.astype(np.bool_)
-    if kind not in "iuf" or (kind == "f" and not dtype.startswith(("DT_FLOAT", "DT_DOUBLE",
-                                                                     "DT_HALF"))):
+    if kind not in "iuf" or (
+        kind == "f" and not dtype.startswith(("DT_FLOAT", "DT_DOUBLE", "DT_HALF"))
+    ):
         is_float_type = dtype in _FLOAT_LIMITS
-        bad = _first_bad_leaf(value, (lambda v: _is_number(v)) if is_float_type
-                              else (lambda v: isinstance(v, int) and not isinstance(v, bool)))
+        bad = _first_bad_leaf(
+            value,
+            (lambda v: _is_number(v))
+            if is_float_type
+            else (lambda v: isinstance(v, int) and not isinstance(v, bool)),
+        )
         raise _type_error(bad[0] if bad else value, dtype)
     if dtype in _FLOAT_LIMITS:
         bits, limit = _FLOAT_LIMITS[dtype]
         if raw.size:
-            if kind in "iu" and np.abs(raw.astype(np.float64)).max() > 2 ** bits - 1:
+            if kind in "iu" and np.abs(raw.astype(np.float64)).max() > 2**bits - 1:
                 big = raw.ravel()[np.argmax(np.abs(raw.astype(np.float64)).ravel())]
-                raise invalid(f"Cannot convert JSON value: {big} to {dtype[3:].lower()} without "
-                              "loss of precision.")
+                raise invalid(
+                    f"Cannot convert JSON value: {big} to {dtype[3:].lower()} without "
+                    "loss of precision."
+                )
             if kind == "f":
                 finite = raw[np.isfinite(raw)]
                 if finite.size and np.abs(finite).max() > limit:
                     big = finite.ravel()[np.argmax(np.abs(finite).ravel())]
-                    raise invalid(f"Cannot convert JSON value: {big} to {dtype[3:].lower()} "
-                                  "without loss of precision.")
+                    raise invalid(
+                        f"Cannot convert JSON value: {big} to {dtype[3:].lower()} "
+                        "without loss of precision."
+                    )
     target = NUMPY_DTYPES[dtype]
     if kind in "iu" and target not in (np.float16, np.float32, np.float64):
         info = np.iinfo(target)
@@ -172,8 +203,10 @@ def _numbers(value, dtype: str) -> np.ndarray:
 def value_to_array(value, dtype: str) -> np.ndarray:
     """A JSON value (scalar or nested lists) as a numpy array of the TensorFlow type ``dtype``."""
     if dtype not in NUMPY_DTYPES:
-        raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {_short(value)} to type: "
-                           f"{dtype[3:].lower()}")
+        raise ServingError(
+            "UNIMPLEMENTED",
+            f"Conversion of JSON Value: {_short(value)} to type: {dtype[3:].lower()}",
+        )
     if dtype == "DT_STRING":
         return _strings(value, dtype)
     if isinstance(value, dict):
@@ -190,8 +223,10 @@ def _rows(instances: list, specs: Mapping[str, str]) -> dict[str, np.ndarray]:
     first = instances[0]
     objects = isinstance(first, dict) and not is_b64(first)
     if not objects and len(names) > 1:
-        raise invalid("instances is a plain list, but expecting list of objects as multiple input "
-                      "tensors required as per tensorinfo_map")
+        raise invalid(
+            "instances is a plain list, but expecting list of objects as multiple input "
+            "tensors required as per tensorinfo_map"
+        )
     if not objects:
         name = names[0]
         for i, elem in enumerate(instances):
@@ -207,21 +242,29 @@ def _rows(instances: list, specs: Mapping[str, str]) -> dict[str, np.ndarray]:
             raise invalid(f"Expecting object but got list at item {i} of input list")
         for key in elem:
             if key not in specs:
-                raise invalid(f"Failed to process element: {i} key: {key} of 'instances' list. "
-                              f"Error: JSON object: does not have named input: {key}")
+                raise invalid(
+                    f"Failed to process element: {i} key: {key} of 'instances' list. "
+                    f"Error: JSON object: does not have named input: {key}"
+                )
         if set(elem) != set(names):
-            raise invalid(f"Failed to process element: {i} of 'instances' list. JSON object: "
-                          f"{_short(elem)} keys must be equal to: {','.join(names)}")
+            raise invalid(
+                f"Failed to process element: {i} of 'instances' list. JSON object: "
+                f"{_short(elem)} keys must be equal to: {','.join(names)}"
+            )
         for name in names:
             try:
                 arr = value_to_array(elem[name], specs[name])
             except ServingError as exc:
-                raise invalid(f"Failed to process element: {i} key: {name} of 'instances' list. "
-                              f"Error: {exc.message}") from None
+                raise invalid(
+                    f"Failed to process element: {i} key: {name} of 'instances' list. "
+                    f"Error: {exc.message}"
+                ) from None
             if columns[name] and arr.shape != columns[name][0].shape:
-                raise invalid(f"Failed to process element: {i} key: {name} of 'instances' list. "
-                              f"Error: Expecting shape {_shape_text(columns[name][0].shape)} "
-                              f"but got: {_shape_text(arr.shape)}")
+                raise invalid(
+                    f"Failed to process element: {i} key: {name} of 'instances' list. "
+                    f"Error: Expecting shape {_shape_text(columns[name][0].shape)} "
+                    f"but got: {_shape_text(arr.shape)}"
+                )
             columns[name].append(arr)
     return {name: np.stack(vals) for name, vals in columns.items()}
 
@@ -229,8 +272,10 @@ def _rows(instances: list, specs: Mapping[str, str]) -> dict[str, np.ndarray]:
 def _columns(value, specs: Mapping[str, str]) -> dict[str, np.ndarray]:
     if not isinstance(value, dict) or is_b64(value):
         if len(specs) > 1:
-            raise invalid("inputs is a plain value/list, but expecting an object as multiple input "
-                          "tensors required as per tensorinfo_map")
+            raise invalid(
+                "inputs is a plain value/list, but expecting an object as multiple input "
+                "tensors required as per tensorinfo_map"
+            )
         name = next(iter(specs))
         return {name: value_to_array(value, specs[name])}
     out = {}
@@ -241,7 +286,9 @@ def _columns(value, specs: Mapping[str, str]) -> dict[str, np.ndarray]:
     return out
 
 
-def parse_predict_body(body: bytes, input_dtypes: Callable[[str], Mapping[str, str]]) -> PredictJson:
+def parse_predict_body(
+    body: bytes, input_dtypes: Callable[[str], Mapping[str, str]]
+) -> PredictJson:
     """Parse a REST predict body.
 
     Args:
@@ -266,15 +313,18 @@ def parse_predict_body(body: bytes, input_dtypes: Callable[[str], Mapping[str, s
         raise invalid(f"JSON Value: {_short(doc)} Is not object")
     signature = doc.get("signature_name", "")
     if not isinstance(signature, str):
-        raise invalid(f"JSON Value: {_short(doc)} not formatted correctly. 'signature_name' key "
-                      "must be a string value.")
+        raise invalid(
+            f"JSON Value: {_short(doc)} not formatted correctly. 'signature_name' key "
+            "must be a string value."
+        )
     specs = input_dtypes(signature)
     if not specs:
         raise invalid(f"Failed to get input map for signature: {signature or 'DEFAULT'}")
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
-        raise invalid("Not formatted correctly expecting only one of 'inputs' or 'instances' keys "
-                      "to exist")
+        raise invalid(
+            "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"
+        )
     if has_instances:
         instances = doc["instances"]
         if not isinstance(instances, list):
@@ -348,24 +398,33 @@ def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool)
         if len(names) == 1:
             body = _nest(texts[names[0]])
         else:
-            body = "{\n        " + ",\n        ".join(
-                f"{json.dumps(n)}: {_nest(texts[n])}" for n in names) + "\n    }"
+            body = (
+                "{\n        "
+                + ",\n        ".join(f"{json.dumps(n)}: {_nest(texts[n])}" for n in names)
+                + "\n    }"
+            )
         return ('{\n    "outputs": ' + body + "\n}\n").encode("utf-8")
     batch = None
     for n in names:
         if texts[n].ndim == 0:
             raise invalid(f"Tensor name: {n} has no shape information ")
         if batch is not None and texts[n].shape[0] != batch:
-            raise invalid(f"Tensor name: {n} has inconsistent batch size: {texts[n].shape[0]} "
-                          f"expecting: {batch}")
+            raise invalid(
+                f"Tensor name: {n} has inconsistent batch size: {texts[n].shape[0]} "
+                f"expecting: {batch}"
+            )
         batch = texts[n].shape[0]
     rows = []
     for i in range(batch or 0):
         if len(names) == 1:
             rows.append(_nest(texts[names[0]][i]))
         else:
-            rows.append("{" + ", ".join(f"{json.dumps(n)}: {_nest(texts[n][i])}" for n in names) + "}")
-    return ('{\n    "predictions": [\n        ' + ",\n        ".join(rows) + "\n    ]\n}\n").encode("utf-8")
+            rows.append(
+                "{" + ", ".join(f"{json.dumps(n)}: {_nest(texts[n][i])}" for n in names) + "}"
+            )
+    return ('{\n    "predictions": [\n        ' + ",\n        ".join(rows) + "\n    ]\n}\n").encode(
+        "utf-8"
+    )
 
 
 def error_body(message: str) -> bytes:

@@ -57,7 +57,7 @@ class ModelSource:
             return set(on_disk)
         if kind == "specific":
             return set(on_disk) & set(self.policy[1])
-        return set(sorted(on_disk)[-int(self.policy[1]):]) if on_disk else set()
+        return set(sorted(on_disk)[-int(self.policy[1]) :]) if on_disk else set()
 
 
 def parse_model_config(text: str, source: str = "--model_config_file") -> list[ModelSource]:
@@ -79,8 +79,10 @@ def parse_model_config(text: str, source: str = "--model_config_file") -> list[M
         if not cfg.base_path:
             raise UserError(f"{source}: model '{cfg.name}' needs a base_path")
         if cfg.model_platform not in ("", "tensorflow"):
-            raise UserError(f"{source}: model '{cfg.name}' has model_platform "
-                            f"'{cfg.model_platform}'; this server serves 'tensorflow' SavedModels")
+            raise UserError(
+                f"{source}: model '{cfg.name}' has model_platform "
+                f"'{cfg.model_platform}'; this server serves 'tensorflow' SavedModels"
+            )
         choice = cfg.model_version_policy.WhichOneof("policy_choice")
         if choice == "all":
             policy: tuple = ("all",)
@@ -118,7 +120,7 @@ def versions_on_disk(base_path: Path) -> dict[int, Path]:
 
 @dataclasses.dataclass
 class Signature:
-    """A signature of a loaded SavedModel: tensor dtypes (``"DT_FLOAT"``) and shapes (-1 unknown)."""
+    """A signature of a loaded SavedModel: dtypes (``"DT_FLOAT"``) and shapes (-1 unknown)."""
 
     name: str
     method_name: str
@@ -182,10 +184,12 @@ class Servable:
             if key.startswith("__"):
                 continue
             self.signatures[key] = Signature(
-                key, sdef.method_name,
+                key,
+                sdef.method_name,
                 {k: _tensor_info(v) for k, v in sdef.inputs.items()},
                 {k: _tensor_info(v) for k, v in sdef.outputs.items()},
-                self.loaded.signatures.get(key))
+                self.loaded.signatures.get(key),
+            )
 
     def signature(self, name: str) -> Signature:
         key = name or DEFAULT_SIGNATURE
@@ -200,18 +204,26 @@ class Servable:
         if sent != wanted:
             extra = ", ".join(sorted(sent - wanted))
             missing = ", ".join(sorted(wanted - sent))
-            raise invalid(f"input size does not match signature: {len(sent)}!={len(wanted)} "
-                          f"len({{{', '.join(sorted(sent))}}}) != len({{{', '.join(sorted(wanted))}}})"
-                          f". Sent extra: {{{extra}}}. Missing but required: {{{missing}}}.")
+            raise invalid(
+                f"input size does not match signature: {len(sent)}!={len(wanted)} "
+                f"len({{{', '.join(sorted(sent))}}}) != len({{{', '.join(sorted(wanted))}}})"
+                f". Sent extra: {{{extra}}}. Missing but required: {{{missing}}}."
+            )
         for name, (dtype, shape) in sig.inputs.items():
             arr = inputs[name]
             got = _dtype_name(arr)
             if got != dtype:
                 raise invalid(f"input '{name}' must be {dtype}; received {got}")
-            if shape is not None and (arr.ndim != len(shape) or any(
-                    want >= 0 and want != have for want, have in zip(shape, arr.shape))):
-                raise invalid(f"input '{name}' has shape {_shape_text(arr.shape)}; signature "
-                              f"'{sig.name}' expects {_shape_text(shape)}")
+            if shape is not None and (
+                arr.ndim != len(shape)
+                or any(
+                    want >= 0 and want != have for want, have in zip(shape, arr.shape, strict=True)
+                )
+            ):
+                raise invalid(
+                    f"input '{name}' has shape {_shape_text(arr.shape)}; signature "
+                    f"'{sig.name}' expects {_shape_text(shape)}"
+                )
             if dtype == "DT_STRING":
                 self._check_images(name, arr)
 
@@ -221,8 +233,10 @@ class Servable:
             if size and size[0] * size[1] > self.max_image_pixels:
                 w, h = size
                 shown = f"{w}x{h} pixels" if w < (1 << 31) else "too many pixels"
-                raise invalid(f"image {i} of input '{name}' has {shown}; the limit is "
-                              f"{self.max_image_pixels} pixels (--max_image_pixels)")
+                raise invalid(
+                    f"image {i} of input '{name}' has {shown}; the limit is "
+                    f"{self.max_image_pixels} pixels (--max_image_pixels)"
+                )
 
     def run(self, sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the signature on checked inputs; TensorFlow errors become ServingErrors."""
@@ -231,8 +245,9 @@ class Servable:
         feed = {}
         for name, arr in inputs.items():
             dtype = sig.inputs[name][0]
-            feed[name] = tf.constant(arr, dtype=tf.string) if dtype == "DT_STRING" \
-                else tf.constant(arr)
+            feed[name] = (
+                tf.constant(arr, dtype=tf.string) if dtype == "DT_STRING" else tf.constant(arr)
+            )
         try:
             out = sig.fn(**feed)
         except tf.errors.OpError as exc:
@@ -254,12 +269,17 @@ class Servable:
             for raw in tf.data.TFRecordDataset(str(path)):
                 count += 1
                 if count > MAX_WARMUP_RECORDS:
-                    raise invalid(f"Number of warmup records exceeds the maximum "
-                                  f"({MAX_WARMUP_RECORDS}) at {path}")
+                    raise invalid(
+                        f"Number of warmup records exceeds the maximum "
+                        f"({MAX_WARMUP_RECORDS}) at {path}"
+                    )
                 record = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
                 if record.WhichOneof("log_type") != "predict_log":
-                    log.warning("%s: skipping a %s warmup record (this server runs Predict)",
-                                path, record.WhichOneof("log_type"))
+                    log.warning(
+                        "%s: skipping a %s warmup record (this server runs Predict)",
+                        path,
+                        record.WhichOneof("log_type"),
+                    )
                     continue
                 request = record.predict_log.request
                 sig = self.signature(request.model_spec.signature_name)
@@ -327,8 +347,13 @@ class ModelManager:
         batcher: an optional :class:`kerascls.serving.batching.Batcher` that merges requests.
     """
 
-    def __init__(self, models: list[ModelSource], poll_seconds: float = 1.0,
-                 max_image_pixels: int = 40_000_000, batcher=None):
+    def __init__(
+        self,
+        models: list[ModelSource],
+        poll_seconds: float = 1.0,
+        max_image_pixels: int = 40_000_000,
+        batcher=None,
+    ):
         self.poll_seconds = poll_seconds
         self.max_image_pixels = max_image_pixels
         self.batcher = batcher
@@ -379,8 +404,12 @@ class ModelManager:
             mtime = _mtime(path)
             if state is not None and state.state in ("LOADING", "AVAILABLE"):
                 continue
-            if state is not None and state.state == "END" and state.error_code != "OK" \
-                    and state.mtime == mtime:
+            if (
+                state is not None
+                and state.state == "END"
+                and state.error_code != "OK"
+                and state.mtime == mtime
+            ):
                 continue  # failed before and unchanged since: do not retry every poll
             self._load(model.name, version, path, mtime)
         available_wanted = [v for v in wanted if states.get(v) and states[v].state == "AVAILABLE"]
@@ -408,18 +437,26 @@ class ModelManager:
         except ServingError as exc:
             log.error("loading %s version %d failed: %s", name, version, exc.message)
             with self._lock:
-                self._states[name][version] = VersionState("END", exc.code, exc.message, None, mtime)
+                self._states[name][version] = VersionState(
+                    "END", exc.code, exc.message, None, mtime
+                )
             return
         except Exception as exc:  # noqa: BLE001 - any load failure ends in the status, not a crash
-            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            text = str(exc).strip()
+            message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
             log.error("loading %s version %d failed: %s", name, version, message)
             with self._lock:
                 self._states[name][version] = VersionState("END", "UNKNOWN", message, None, mtime)
             return
         with self._lock:
             self._states[name][version] = VersionState("AVAILABLE", servable=servable, mtime=mtime)
-        log.info("%s version %d is AVAILABLE (%.1fs, %d warmup records)", name, version,
-                 time.perf_counter() - started, records)
+        log.info(
+            "%s version %d is AVAILABLE (%.1fs, %d warmup records)",
+            name,
+            version,
+            time.perf_counter() - started,
+            records,
+        )
 
     def start(self) -> None:
         """Poll in a background thread every ``poll_seconds`` (after a first poll right now)."""
@@ -442,8 +479,9 @@ class ModelManager:
             self._thread = None
 
     # -- lookups ----------------------------------------------------------------------------------
-    def resolve_version(self, name: str, version: int | None = None,
-                        label: str | None = None) -> int | None:
+    def resolve_version(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> int | None:
         with self._lock:
             model = self._models.get(name)
             if label:
@@ -467,20 +505,30 @@ class ModelManager:
                 raise not_found(f"Servable not found for request: Specific({name}, {version})")
             return state.servable
 
-    def predict(self, name: str, version: int | None, label: str | None, signature: str,
-                inputs: dict[str, np.ndarray], output_filter=()):
+    def predict(
+        self,
+        name: str,
+        version: int | None,
+        label: str | None,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        output_filter=(),
+    ):
         """Run a predict request; returns ``(servable, signature, outputs)``."""
         servable = self.servable(name, version, label)
         sig, outputs = self.run(servable, signature, inputs, output_filter)
         return servable, sig, outputs
 
-    def run(self, servable: Servable, signature: str, inputs: dict[str, np.ndarray],
-            output_filter=()):
+    def run(
+        self, servable: Servable, signature: str, inputs: dict[str, np.ndarray], output_filter=()
+    ):
         """Run ``signature`` of a resolved servable; returns ``(signature, outputs)``."""
         sig = servable.signature(signature)
         if sig.method_name != PREDICT_METHOD:
-            raise invalid(f"Expected prediction signature method_name to be {PREDICT_METHOD}. "
-                          f"Was: {sig.method_name}")
+            raise invalid(
+                f"Expected prediction signature method_name to be {PREDICT_METHOD}. "
+                f"Was: {sig.method_name}"
+            )
         servable.check_inputs(sig, inputs)
         if self.batcher is not None:
             outputs = self.batcher.run(servable, sig, inputs)
@@ -489,8 +537,10 @@ class ModelManager:
         if output_filter:
             unknown = sorted(set(output_filter) - set(outputs))
             if unknown:
-                raise invalid(f"output tensor alias not found in signature: {unknown[0]} Outputs "
-                              f"expected to be in the set {{{','.join(sorted(outputs))}}}.")
+                raise invalid(
+                    f"output tensor alias not found in signature: {unknown[0]} Outputs "
+                    f"expected to be in the set {{{','.join(sorted(outputs))}}}."
+                )
             outputs = {k: outputs[k] for k in output_filter}
         return sig, outputs
 
@@ -520,8 +570,13 @@ class ModelManager:
             entry.status.error_message = s.error_message
         return response
 
-    def metadata(self, name: str, version: int | None = None, label: str | None = None,
-                 fields=("signature_def",)):
+    def metadata(
+        self,
+        name: str,
+        version: int | None = None,
+        label: str | None = None,
+        fields=("signature_def",),
+    ):
         """A ``GetModelMetadataResponse`` with the ``signature_def`` field."""
         from tensorflow_serving.apis import get_model_metadata_pb2
 
@@ -543,7 +598,9 @@ class ModelManager:
     def snapshot(self) -> dict[str, dict[int, str]]:
         """``{model: {version: state}}`` for logs and the metrics page."""
         with self._lock:
-            return {n: {v: s.state for v, s in states.items()} for n, states in self._states.items()}
+            return {
+                n: {v: s.state for v, s in states.items()} for n, states in self._states.items()
+            }
 
 
 def _mtime(path: Path) -> float:

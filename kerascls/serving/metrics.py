@@ -17,8 +17,24 @@ import threading
 from collections import defaultdict
 
 # Latency buckets in microseconds: 100 us .. 10 s.
-BUCKETS = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-           500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)
+BUCKETS = (
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+)
 
 
 def _labels(**kv) -> str:
@@ -54,11 +70,13 @@ class Metrics:
             counts = dict(self._counts)
             hist = {k: (list(v[0]), v[1], v[2]) for k, v in self._hist.items()}
         for (model, status), n in sorted(counts.items()):
-            lines.append(f":tensorflow:serving:request_count{_labels(model_name=model, status=status)} {n}")
+            lines.append(
+                f":tensorflow:serving:request_count{_labels(model_name=model, status=status)} {n}"
+            )
         lines.append("# TYPE :tensorflow:serving:request_latency histogram")
         for (model, api, entry), (buckets, total, count) in sorted(hist.items()):
             running = 0
-            for le, n in zip(BUCKETS, buckets):
+            for le, n in zip(BUCKETS, buckets, strict=True):
                 running += n
                 lab = _labels(model_name=model, API=api, entrypoint=entry, le=le)
                 lines.append(f":tensorflow:serving:request_latency_bucket{lab} {running}")
@@ -69,5 +87,7 @@ class Metrics:
             lines.append(f":tensorflow:serving:request_latency_count{lab} {count}")
         lines.append("# TYPE :tensorflow:serving:model_versions_available gauge")
         for model, n in sorted(available.items()):
-            lines.append(f":tensorflow:serving:model_versions_available{_labels(model_name=model)} {n}")
+            lines.append(
+                f":tensorflow:serving:model_versions_available{_labels(model_name=model)} {n}"
+            )
         return "\n".join(lines) + "\n"

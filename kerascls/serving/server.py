@@ -43,7 +43,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from kerascls.errors import UserError, cli_main
-from kerascls.serving.configs import BatchingConfig, MonitoringConfig, parse_batching, parse_monitoring
+from kerascls.serving.configs import (
+    BatchingConfig,
+    MonitoringConfig,
+    parse_batching,
+    parse_monitoring,
+)
 from kerascls.serving.status import ServingError, invalid
 
 log = logging.getLogger("kerascls.serving")
@@ -53,18 +58,21 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 _PREDICT_RE = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _STATUS_RE = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
-    re.IGNORECASE)
-_INT64_MAX = 2 ** 63 - 1
+    re.IGNORECASE,
+)
+_INT64_MAX = 2**63 - 1
 
 
 def _message_dict(message, field_names: bool) -> dict:
     from google.protobuf import json_format
 
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
-                                     preserving_proto_field_name=field_names)
+    return json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True, preserving_proto_field_name=field_names
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,8 +107,11 @@ class Service:
                 if not model:
                     raise invalid("Missing model name in request.")
                 api = "metadata" if sub else "status"
-                payload = self._rest_metadata(model, version, label) if sub \
+                payload = (
+                    self._rest_metadata(model, version, label)
+                    if sub
                     else self._rest_status(model, version, label)
+                )
             else:
                 raise invalid(f"Malformed request: {method} {path}")
         except ServingError as exc:
@@ -109,7 +120,11 @@ class Service:
         except Exception as exc:  # noqa: BLE001 - a failure is a 500 answer, never a dead server
             log.exception("REST %s %s failed", method, path)
             self.observe(model, api, "REST", started, "INTERNAL")
-            return 500, error_body(f"Internal error: {type(exc).__name__}: {exc}"), "application/json"
+            return (
+                500,
+                error_body(f"Internal error: {type(exc).__name__}: {exc}"),
+                "application/json",
+            )
         self.observe(model, api, "REST", started, "OK")
         return 200, payload, "application/json"
 
@@ -135,10 +150,14 @@ class Service:
                 expected = f"tensorflow/serving/{verb}"
                 if sig.method_name != expected:
                     kind = "classification" if verb == "classify" else "regression"
-                    raise invalid(f"Expected {kind} signature method_name to be {expected}. "
-                                  f"Was: {sig.method_name}")
-                raise ServingError("UNIMPLEMENTED", f"this server answers :predict only; "
-                                   f"signature '{sig.name}' needs :{verb}")
+                    raise invalid(
+                        f"Expected {kind} signature method_name to be {expected}. "
+                        f"Was: {sig.method_name}"
+                    )
+                raise ServingError(
+                    "UNIMPLEMENTED",
+                    f"this server answers :predict only; signature '{sig.name}' needs :{verb}",
+                )
             return {k: v[0] for k, v in sig.inputs.items()}
 
         parsed = parse_predict_body(body, input_dtypes)
@@ -159,8 +178,10 @@ class Service:
         response = self.manager.metadata(model, version, label)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sig_map)
-        doc = {"model_spec": _message_dict(response.model_spec, True),
-               "metadata": {"signature_def": _message_dict(sig_map, True)}}
+        doc = {
+            "model_spec": _message_dict(response.model_spec, True),
+            "metadata": {"signature_def": _message_dict(sig_map, True)},
+        }
         return (json.dumps(doc, indent=1) + "\n").encode()
 
 
@@ -172,6 +193,7 @@ class _RestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "kerascls-model-server"
     timeout = 60
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms ACK stall
 
     def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
         log.debug("REST %s - %s", self.address_string(), format % args)
@@ -210,8 +232,12 @@ class _RestHandler(BaseHTTPRequestHandler):
                     return b"".join(chunks)
                 total += size
                 if total > cap:
-                    self._error(413, f"request body is larger than the limit of {cap} bytes "
-                                "(--max_request_bytes)", close=True)
+                    self._error(
+                        413,
+                        f"request body is larger than the limit of {cap} bytes "
+                        "(--max_request_bytes)",
+                        close=True,
+                    )
                     return None
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline(1024)
@@ -227,8 +253,12 @@ class _RestHandler(BaseHTTPRequestHandler):
             return None
         if length > cap:
             self._drain(length)
-            self._error(413, f"request body of {length} bytes is larger than the limit of {cap} "
-                        "bytes (--max_request_bytes)", close=True)
+            self._error(
+                413,
+                f"request body of {length} bytes is larger than the limit of {cap} "
+                "bytes (--max_request_bytes)",
+                close=True,
+            )
             return None
         return self.rfile.read(length) if length else b""
 
@@ -266,8 +296,15 @@ class _RestServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address, service: Service, max_request_bytes: int, threads: int,
-                 metrics_path: str | None, render_metrics):
+    def __init__(
+        self,
+        address,
+        service: Service,
+        max_request_bytes: int,
+        threads: int,
+        metrics_path: str | None,
+        render_metrics,
+    ):
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         super().__init__(address, _RestHandler)
@@ -285,8 +322,8 @@ class _RestServer(ThreadingHTTPServer):
 def _grpc_servicers(service: Service):
     import grpc
     from tensorflow_serving.apis import (
-        predict_pb2,
         model_service_pb2_grpc,
+        predict_pb2,
         prediction_service_pb2_grpc,
     )
 
@@ -321,8 +358,13 @@ def _grpc_servicers(service: Service):
             def run():
                 inputs = {k: tensor_to_numpy(v) for k, v in request.inputs.items()}
                 servable, sig, outputs = manager.predict(
-                    name, version, label, request.model_spec.signature_name, inputs,
-                    list(request.output_filter))
+                    name,
+                    version,
+                    label,
+                    request.model_spec.signature_name,
+                    inputs,
+                    list(request.output_filter),
+                )
                 response = predict_pb2.PredictResponse()
                 response.model_spec.name = name
                 response.model_spec.version.value = servable.version
@@ -335,8 +377,12 @@ def _grpc_servicers(service: Service):
 
         def GetModelMetadata(self, request, context):  # noqa: N802 - gRPC method name
             name, version, label = spec_args(request.model_spec)
-            return call(context, "metadata", name, lambda: manager.metadata(
-                name, version, label, list(request.metadata_field)))
+            return call(
+                context,
+                "metadata",
+                name,
+                lambda: manager.metadata(name, version, label, list(request.metadata_field)),
+            )
 
         def Classify(self, request, context):  # noqa: N802 - gRPC method name
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server implements Predict only")
@@ -353,11 +399,17 @@ def _grpc_servicers(service: Service):
             return call(context, "status", name, lambda: manager.status(name, version, label))
 
         def HandleReloadConfigRequest(self, request, context):  # noqa: N802 - gRPC method name
-            context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                          "reload the config with --model_config_file_poll_wait_seconds")
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "reload the config with --model_config_file_poll_wait_seconds",
+            )
 
-    return (Prediction(), prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-            Models(), model_service_pb2_grpc.add_ModelServiceServicer_to_server)
+    return (
+        Prediction(),
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+        Models(),
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,13 +438,23 @@ class ModelServer:
         ...     print(srv.rest_port)
     """
 
-    def __init__(self, models, *, host: str = "127.0.0.1", grpc_port: int | None = 0,
-                 rest_port: int | None = 0, poll_seconds: float = 1.0,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                 batching: BatchingConfig | None = None, monitoring: MonitoringConfig | None = None,
-                 rest_threads: int | None = None, grpc_threads: int | None = None,
-                 config_file: str | Path | None = None, config_poll_seconds: float = 0.0):
+    def __init__(
+        self,
+        models,
+        *,
+        host: str = "127.0.0.1",
+        grpc_port: int | None = 0,
+        rest_port: int | None = 0,
+        poll_seconds: float = 1.0,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        batching: BatchingConfig | None = None,
+        monitoring: MonitoringConfig | None = None,
+        rest_threads: int | None = None,
+        grpc_threads: int | None = None,
+        config_file: str | Path | None = None,
+        config_poll_seconds: float = 0.0,
+    ):
         from kerascls.serving.batching import Batcher
         from kerascls.serving.manager import ModelManager
         from kerascls.serving.metrics import Metrics
@@ -409,8 +471,9 @@ class ModelServer:
         self.metrics = Metrics()
         self.service = Service(self.manager, self.metrics)
         if config_file is not None and config_poll_seconds > 0:
-            self.manager.config_reloader = _ConfigReloader(Path(config_file), config_poll_seconds,
-                                                           self.manager)
+            self.manager.config_reloader = _ConfigReloader(
+                Path(config_file), config_poll_seconds, self.manager
+            )
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self._grpc = None
@@ -419,8 +482,9 @@ class ModelServer:
 
     def render_metrics(self) -> str:
         snap = self.manager.snapshot()
-        return self.metrics.render({m: sum(s == "AVAILABLE" for s in v.values())
-                                    for m, v in snap.items()})
+        return self.metrics.render(
+            {m: sum(s == "AVAILABLE" for s in v.values()) for m, v in snap.items()}
+        )
 
     def start(self) -> ModelServer:
         """Load the models (first scan), then open the ports."""
@@ -438,12 +502,15 @@ class ModelServer:
     def _start_grpc(self) -> None:
         import grpc
 
-        options = [("grpc.max_receive_message_length", self.max_request_bytes),
-                   ("grpc.max_send_message_length", -1),
-                   ("grpc.so_reuseport", 0)]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.grpc_threads,
-                                                        thread_name_prefix="grpc"),
-                             options=options)
+        options = [
+            ("grpc.max_receive_message_length", self.max_request_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.grpc_threads, thread_name_prefix="grpc"),
+            options=options,
+        )
         pred, add_pred, models, add_models = _grpc_servicers(self.service)
         add_pred(pred, server)
         add_models(models, server)
@@ -451,25 +518,38 @@ class ModelServer:
         try:
             port = server.add_insecure_port(f"{host}:{self._grpc_port}")
         except RuntimeError as exc:
-            raise UserError(f"cannot listen for gRPC on {self.host}:{self._grpc_port}: {exc}") from None
+            raise UserError(
+                f"cannot listen for gRPC on {self.host}:{self._grpc_port}: {exc}"
+            ) from None
         if not port:
-            raise UserError(f"cannot listen for gRPC on {self.host}:{self._grpc_port} "
-                            "(port in use?)")
+            raise UserError(
+                f"cannot listen for gRPC on {self.host}:{self._grpc_port} (port in use?)"
+            )
         server.start()
         self._grpc, self.grpc_port = server, port
         log.info("Running gRPC ModelServer at %s:%d ...", self.host, port)
 
     def _start_rest(self) -> None:
-        metrics_path = self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None
+        metrics_path = (
+            self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None
+        )
         try:
-            server = _RestServer((self.host, self._rest_port), self.service, self.max_request_bytes,
-                                 self.rest_threads, metrics_path, self.render_metrics)
+            server = _RestServer(
+                (self.host, self._rest_port),
+                self.service,
+                self.max_request_bytes,
+                self.rest_threads,
+                metrics_path,
+                self.render_metrics,
+            )
         except OSError as exc:
-            raise UserError(f"cannot listen for REST on {self.host}:{self._rest_port}: "
-                            f"{exc.strerror or exc}") from None
+            raise UserError(
+                f"cannot listen for REST on {self.host}:{self._rest_port}: {exc.strerror or exc}"
+            ) from None
         self._rest, self.rest_port = server, server.server_address[1]
-        self._rest_thread = threading.Thread(target=server.serve_forever, name="rest",
-                                             kwargs={"poll_interval": 0.2}, daemon=True)
+        self._rest_thread = threading.Thread(
+            target=server.serve_forever, name="rest", kwargs={"poll_interval": 0.2}, daemon=True
+        )
         self._rest_thread.start()
         log.info("Exporting HTTP/REST API at:%s:%d ...", self.host, self.rest_port)
 
@@ -494,7 +574,10 @@ class ModelServer:
 
 
 class _ConfigReloader:
-    """Re-reads the model config file when it changes (``--model_config_file_poll_wait_seconds``)."""
+    """Re-reads the model config file when it changes.
+
+    The ``--model_config_file_poll_wait_seconds`` of TF Serving.
+    """
 
     def __init__(self, path: Path, every: float, manager):
         self.path, self.every, self.manager = path, every, manager
@@ -517,8 +600,9 @@ class _ConfigReloader:
         except (OSError, UserError) as exc:
             log.error("keeping the previous model config: %s", exc)
             return
-        log.info("model config %s changed: now serving %s", self.path,
-                 ", ".join(m.name for m in models))
+        log.info(
+            "model config %s changed: now serving %s", self.path, ", ".join(m.name for m in models)
+        )
         self.manager.set_models(models)
 
 
@@ -548,36 +632,89 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m kerascls.serving.server", allow_abbrev=False,
-                description="TensorFlow-Serving-compatible model server (REST and gRPC).")
+    p = _Parser(
+        prog="python -m kerascls.serving.server",
+        allow_abbrev=False,
+        description="TensorFlow-Serving-compatible model server (REST and gRPC).",
+    )
     p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
-    p.add_argument("--rest_api_port", type=int, default=0,
-                   help="REST port; 0 disables REST, as in TF Serving (default 0)")
+    p.add_argument(
+        "--rest_api_port",
+        type=int,
+        default=0,
+        help="REST port; 0 disables REST, as in TF Serving (default 0)",
+    )
     p.add_argument("--model_name", default="default", help="model name (default 'default')")
-    p.add_argument("--model_base_path", default="",
-                   help="directory holding the model's integer version directories")
+    p.add_argument(
+        "--model_base_path",
+        default="",
+        help="directory holding the model's integer version directories",
+    )
     p.add_argument("--model_config_file", default="", help="ModelServerConfig text file")
-    p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0,
-                   help="re-read the config file this often; 0 reads it once")
-    p.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
-                   help="seconds between scans of the base paths (default 1)")
-    p.add_argument("--enable_batching", type=_flag_bool, nargs="?", const=True, default=False,
-                   help="merge concurrent requests into batches")
+    p.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=int,
+        default=0,
+        help="re-read the config file this often; 0 reads it once",
+    )
+    p.add_argument(
+        "--allow_version_labels_for_unavailable_models",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="accepted for compatibility: labels here may always name versions that "
+        "are not loaded yet (requests through them answer 404 until they are)",
+    )
+    p.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=int,
+        default=1,
+        help="seconds between scans of the base paths (default 1)",
+    )
+    p.add_argument(
+        "--enable_batching",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="merge concurrent requests into batches",
+    )
     p.add_argument("--batching_parameters_file", default="", help="BatchingParameters text file")
     p.add_argument("--monitoring_config_file", default="", help="MonitoringConfig text file")
-    p.add_argument("--rest_api_num_threads", type=int, default=0,
-                   help="REST requests processed at once (default 4 x CPUs)")
-    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
-                   help="socket timeout of a REST connection in ms (default 30000)")
-    p.add_argument("--grpc_max_threads", type=int, default=0,
-                   help="gRPC worker threads (default 4 x CPUs)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind; 0.0.0.0 to accept other machines (default 127.0.0.1)")
-    p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
-                   help=f"largest REST body / gRPC message (default {DEFAULT_MAX_REQUEST_BYTES})")
-    p.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help="largest encoded image, width x height, accepted in string inputs "
-                        f"(default {DEFAULT_MAX_IMAGE_PIXELS})")
+    p.add_argument(
+        "--rest_api_num_threads",
+        type=int,
+        default=0,
+        help="REST requests processed at once (default 4 x CPUs)",
+    )
+    p.add_argument(
+        "--rest_api_timeout_in_ms",
+        type=int,
+        default=30000,
+        help="socket timeout of a REST connection in ms (default 30000)",
+    )
+    p.add_argument(
+        "--grpc_max_threads", type=int, default=0, help="gRPC worker threads (default 4 x CPUs)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind; 0.0.0.0 to accept other machines (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--max_request_bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help=f"largest REST body / gRPC message (default {DEFAULT_MAX_REQUEST_BYTES})",
+    )
+    p.add_argument(
+        "--max_image_pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="largest encoded image, width x height, accepted in string inputs "
+        f"(default {DEFAULT_MAX_IMAGE_PIXELS})",
+    )
     return p
 
 
@@ -595,8 +732,9 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
     if args.model_config_file and args.model_base_path:
         raise UserError("give --model_config_file or --model_base_path, not both")
     if args.model_config_file:
-        models = parse_model_config(_read(args.model_config_file, "--model_config_file"),
-                                    args.model_config_file)
+        models = parse_model_config(
+            _read(args.model_config_file, "--model_config_file"), args.model_config_file
+        )
     elif args.model_base_path:
         models = [ModelSource(args.model_name, Path(args.model_base_path).expanduser())]
     else:
@@ -614,28 +752,48 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
     if args.batching_parameters_file and not args.enable_batching:
         raise UserError("--batching_parameters_file needs --enable_batching")
     if args.enable_batching:
-        batching = parse_batching(_read(args.batching_parameters_file, "--batching_parameters_file"),
-                                  args.batching_parameters_file) \
-            if args.batching_parameters_file else BatchingConfig()
-    monitoring = parse_monitoring(_read(args.monitoring_config_file, "--monitoring_config_file"),
-                                  args.monitoring_config_file) \
-        if args.monitoring_config_file else None
+        batching = (
+            parse_batching(
+                _read(args.batching_parameters_file, "--batching_parameters_file"),
+                args.batching_parameters_file,
+            )
+            if args.batching_parameters_file
+            else BatchingConfig()
+        )
+    monitoring = (
+        parse_monitoring(
+            _read(args.monitoring_config_file, "--monitoring_config_file"),
+            args.monitoring_config_file,
+        )
+        if args.monitoring_config_file
+        else None
+    )
     _RestHandler.timeout = max(1.0, args.rest_api_timeout_in_ms / 1000.0)
     return ModelServer(
-        models, host=args.host, grpc_port=args.port,
-        rest_port=args.rest_api_port or None, poll_seconds=args.file_system_poll_wait_seconds,
-        max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels,
-        batching=batching, monitoring=monitoring, rest_threads=args.rest_api_num_threads or None,
+        models,
+        host=args.host,
+        grpc_port=args.port,
+        rest_port=args.rest_api_port or None,
+        poll_seconds=args.file_system_poll_wait_seconds,
+        max_request_bytes=args.max_request_bytes,
+        max_image_pixels=args.max_image_pixels,
+        batching=batching,
+        monitoring=monitoring,
+        rest_threads=args.rest_api_num_threads or None,
         grpc_threads=args.grpc_max_threads or None,
         config_file=args.model_config_file or None,
-        config_poll_seconds=args.model_config_file_poll_wait_seconds)
+        config_poll_seconds=args.model_config_file_poll_wait_seconds,
+    )
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     server = server_from_args(args)
     stop = threading.Event()

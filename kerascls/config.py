@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from kerascls.distribute import DEVICES, LR_SCALING, MIXED_PRECISION, STRATEGIES
 from kerascls.errors import UserError
 
 
@@ -78,6 +79,18 @@ class TrainConfig:
     output_dir: str = _field("runs", "parent directory of run directories")
     run_name: str = _field("", "run directory name; default <model>-<dataset>")
     verbose: int = _field(1, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch")
+    strategy: str = _field("none", "distribution: none (one device); mirrored, multiworker "
+                           "(tensorflow backend, multiworker reads TF_CONFIG); data-parallel "
+                           "(jax backend)", STRATEGIES)
+    cpu_devices: int = _field(0, "split the CPU into N logical devices for --strategy mirrored or "
+                              "data-parallel; 0 keeps it whole")
+    device: str = _field("auto", "device kind: auto (a GPU when there is one), cpu, gpu", DEVICES)
+    mixed_precision: str = _field("off", "mixed-precision training policy; model.keras and the "
+                                  "exports stay float32", MIXED_PRECISION)
+    lr_scaling: str = _field("linear", "learning-rate rule for the global batch: x batch-size / "
+                             "lr-base-batch (linear), x its square root (sqrt), or none",
+                             LR_SCALING)
+    lr_base_batch: int = _field(64, "the global batch size --learning-rate is tuned for")
 
 
 @dataclasses.dataclass

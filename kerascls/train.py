@@ -48,8 +48,10 @@ def make_optimizer(cfg: Config, steps_per_epoch: int, lr_scale: float = 1.0):
     """Adam, AdamW or SGD with momentum, on a constant, cosine or step schedule with warmup."""
     import keras
 
+    from kerascls.distribute import lr_factor
+
     t = cfg.train
-    lr = t.learning_rate * lr_scale
+    lr = t.learning_rate * lr_scale * lr_factor(t)
     total = max(1, t.epochs * steps_per_epoch)
     warm = t.warmup_epochs * steps_per_epoch
     if t.schedule == "cosine":
@@ -252,6 +254,9 @@ def _check_model_input(cfg: Config, image_size: int):
 
 def train(cfg: Config) -> Path:
     """Train, evaluate and export as ``cfg`` says; return the run directory."""
+    from kerascls.distribute import setup as setup_distribution
+
+    placement = setup_distribution(cfg)  # devices and strategy before any device runtime starts
     import keras
 
     from kerascls.data import load_dataset
@@ -266,7 +271,7 @@ def train(cfg: Config) -> Path:
                           num_examples=d.num_examples, sentiment_size=d.sentiment_size,
                           noise=d.noise, imbalance=d.imbalance)
     cfg.data.image_size = image_size
-    run_dir = run_directory(cfg)
+    run_dir = placement.run_directory(run_directory(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     keras.utils.set_random_seed(cfg.train.seed)
@@ -277,7 +282,9 @@ def train(cfg: Config) -> Path:
 
         history = bayesian.fit_run(cfg, splits, run_dir)
     else:
-        history = _fit_keras(cfg, splits, run_dir, image_size)
+        with placement.scope():
+            history = _fit_keras(cfg, splits, run_dir, image_size)
+        placement.finish(run_dir / "model.keras")
     train_seconds = time.perf_counter() - t0
 
     metadata = {
@@ -298,6 +305,7 @@ def train(cfg: Config) -> Path:
         "num_train_examples": int(len(splits.x_train)),
         "backend": keras.backend.backend(),
         "versions": _versions(),
+        **placement.metadata(),
     }
     atomic_write_json(run_dir / "metadata.json", metadata)
     from kerascls import plots
@@ -306,7 +314,7 @@ def train(cfg: Config) -> Path:
         plots.training_curves(history, run_dir / "training_curves.png")
     finalize_run(run_dir, splits)
     _cleanup_backup(run_dir)
-    if cfg.export.formats.strip():
+    if cfg.export.formats.strip() and placement.is_chief:
         from kerascls.export import export_run
 
         export_run(run_dir, cfg.export.formats, models_dir=cfg.export.models_dir or None,

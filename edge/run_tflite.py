@@ -74,6 +74,23 @@ def _import_numpy_pillow():
     return numpy, Image
 
 
+def check_tflite_runtime_numpy(package) -> None:
+    """Refuse ``tflite_runtime`` with NumPy 2.
+
+    Every ``tflite-runtime`` release (the last is 2.14) was compiled against the NumPy 1.x
+    API, and its wheels do not cap NumPy, so ``pip install tflite-runtime`` pulls in NumPy 2;
+    the interpreter then fails with "A module that was compiled using NumPy 1.x cannot be run
+    in NumPy 2" and a SystemError. Say so in one line, with the fix.
+    """
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        version = getattr(package, "__version__", "")
+        raise Fatal(f"tflite_runtime {version} was built for NumPy 1.x and cannot run with "
+                    f"NumPy {numpy.__version__}: pip install 'numpy<2' (or use ai-edge-litert, "
+                    "which supports NumPy 2; see edge/README.md)")
+
+
 def load_runtime(name: str = "auto"):
     """Return ``(Interpreter class, runtime name)`` for the first runtime that imports.
 
@@ -90,6 +107,8 @@ def load_runtime(name: str = "auto"):
             if runtime == "tensorflow":
                 module = importlib.import_module("tensorflow")
                 return module.lite.Interpreter, runtime
+            if runtime == "tflite_runtime":
+                check_tflite_runtime_numpy(importlib.import_module("tflite_runtime"))
             module = importlib.import_module(f"{runtime}.interpreter")
             return module.Interpreter, runtime
         except ImportError:
@@ -186,6 +205,9 @@ def load_interpreter(model_path: Path, interpreter_cls, threads: int):
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Didn't find op" in first or "older version of this builtin" in first:
+            raise Fatal(f"{model_path} needs a newer TFLite runtime than this one ({first[:160]});"
+                        " pip install -U ai-edge-litert") from None
         raise Fatal(f"{model_path} is corrupt or truncated; the runtime cannot load it "
                     f"({first[:160]})") from None
     return interpreter

@@ -1,0 +1,494 @@
+"""TFLite export: float32, dynamic-range, float16 and full-integer int8 models with sidecars.
+
+Every variant converts :meth:`kerascls.runs.Run.deployable` (the trained model with its fitted
+temperature, folded into the logits by :func:`conversion_model`), so normalization and
+calibration live inside the ``.tflite`` file. Files go to
+``RUN_DIR/tflite/<model_name>-<variant>.tflite`` with a ``.json`` sidecar beside each, which
+``edge/run_tflite.py`` reads.
+
+* ``tflite-float32``: no optimization; input float32 RGB pixels in 0..255.
+* ``tflite-dynamic``: int8 weights, float activations; input float32 0..255.
+* ``tflite-float16``: float16 weights; input float32 0..255.
+* ``tflite-int8``: full-integer. Weights and activations are int8, calibrated on a
+  class-stratified sample of training images that went through exactly the training
+  preprocessing (:func:`representative_sample`). The input is uint8 RGB pixels with scale 1 and
+  zero point 0, so a device feeds decoded pixels unchanged; the output is uint8 probabilities
+  (scale 1/256).
+
+Example:
+    >>> from kerascls.runs import load_run
+    >>> from kerascls.export.tflite import export_tflite_int8
+    >>> export_tflite_int8(load_run("runs/lenet-digits"), Path("runs/lenet-digits/tflite"))
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kerascls.errors import UserError
+from kerascls.fileio import atomic_path, atomic_write_json
+
+log = logging.getLogger("kerascls.export")
+
+DEFAULT_REPRESENTATIVE_SIZE = 300
+MIN_REPRESENTATIVE_SIZE = 100
+REPRESENTATIVE_SEED = 0
+RESIZE_METHOD = "bilinear"
+
+# variant -> what the converter does, in words (also written to the sidecar)
+VARIANTS = {
+    "float32": "float32 weights and activations",
+    "dynamic": "int8 weights (dynamic range), float32 activations",
+    "float16": "float16 weights, float32 activations",
+    "int8": "int8 weights and activations (full integer), uint8 input and output",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# paths and runtime
+
+
+def tflite_path(run, out_dir: Path, variant: str) -> Path:
+    """``out_dir/<model_name>-<variant>.tflite``."""
+    return Path(out_dir) / f"{run.name}-{variant}.tflite"
+
+
+def sidecar_path(tflite_file: Path) -> Path:
+    """The sidecar of a ``.tflite`` file: the same name with ``.json``."""
+    return Path(tflite_file).with_suffix(".json")
+
+
+def interpreter(model_path=None, model_content: bytes | None = None, threads: int = 1):
+    """A TFLite interpreter from ``ai_edge_litert`` (the runtime devices use), else TensorFlow."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - ai-edge-litert is in the edge extra
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    kwargs = {"num_threads": threads}
+    if model_content is not None:
+        kwargs["model_content"] = model_content
+    else:
+        kwargs["model_path"] = str(model_path)
+    it = Interpreter(**kwargs)
+    it.allocate_tensors()
+    return it
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def quantize_pixels(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Float 0..255 pixels as the input tensor ``dtype`` wants them.
+
+    Quantized inputs get ``round(x / scale) + zero_point`` (half away from zero, like the
+    TFLite ``QUANTIZE`` kernel), clipped to the dtype; float inputs are cast.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if scale:
+            q = np.floor(np.asarray(x, np.float32) / np.float32(scale) + np.float32(0.5))
+            q = q + zero_point
+        else:
+            q = np.floor(np.asarray(x, np.float32) + np.float32(0.5))
+        return np.clip(q, info.min, info.max).astype(dtype)
+    return np.asarray(x, dtype=dtype)
+
+
+def check_images(x: np.ndarray, what: str = "representative images") -> None:
+    """Refuse images that did not go through the training preprocessing.
+
+    The training preprocessing gives float32 (N, H, W, 3) RGB arrays in 0..255.
+
+    Raises:
+        UserError: naming the dtype, shape or range that is wrong.
+    """
+    if not isinstance(x, np.ndarray):
+        raise UserError(f"{what} must be a numpy array. Received: {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise UserError(f"{what} must be float32 RGB pixels in 0..255 (the training "
+                        f"preprocessing). Received dtype {x.dtype}")
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise UserError(f"{what} must have shape (N, height, width, 3). Received {x.shape}")
+    if not np.isfinite(x).all():
+        raise UserError(f"{what} hold NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 255.0:
+        raise UserError(f"{what} must lie in 0..255. Received values in [{lo:g}, {hi:g}]")
+    if hi <= 1.0:
+        raise UserError(f"{what} lie in [{lo:g}, {hi:g}]: they look scaled to 0..1, but the "
+                        "model takes pixels in 0..255 (normalization is inside the model)")
+
+
+def representative_sample(x: np.ndarray, y: np.ndarray, size: int = DEFAULT_REPRESENTATIVE_SIZE,
+                          seed: int = REPRESENTATIVE_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """A class-stratified sample of up to ``size`` training images for int8 calibration.
+
+    Each class gets a share proportional to its frequency (at least one image); the sample is
+    deterministic for a given ``seed``. ``size`` is an upper bound: a training split smaller
+    than ``size`` is used whole.
+
+    Args:
+        x: training images, float32 (N, H, W, 3) in 0..255, i.e. after the training
+            preprocessing (decode, bilinear resize).
+        y: integer labels (N,).
+        size: how many images to sample (at least :data:`MIN_REPRESENTATIVE_SIZE`).
+        seed: sampling seed.
+
+    Returns:
+        ``(images, labels)`` of the sample.
+
+    Raises:
+        UserError: for too few images, or images of the wrong dtype, shape or range.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise UserError(f"representative_size must be an integer. Received: {size!r}")
+    if size < MIN_REPRESENTATIVE_SIZE:
+        raise UserError(f"representative_size must be at least {MIN_REPRESENTATIVE_SIZE} "
+                        f"images for a sound int8 calibration. Received: {size}")
+    check_images(x)
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if len(y) != len(x):
+        raise UserError(f"representative images and labels differ in length: {len(x)} images, "
+                        f"{len(y)} labels")
+    if len(x) < MIN_REPRESENTATIVE_SIZE:
+        raise UserError(f"int8 calibration needs at least {MIN_REPRESENTATIVE_SIZE} training "
+                        f"images; the training split has {len(x)}. Train on more data, or "
+                        "export tflite-float32, tflite-dynamic or tflite-float16 instead")
+    take = min(int(size), len(x))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    quota = np.maximum(1, np.floor(counts / len(y) * take)).astype(int)
+    quota = np.minimum(quota, counts)
+    # hand out what rounding left over to the classes with the largest remainders
+    remainder = counts / len(y) * take - np.floor(counts / len(y) * take)
+    for i in np.argsort(-remainder, kind="stable"):
+        if quota.sum() >= take:
+            break
+        if quota[i] < counts[i]:
+            quota[i] += 1
+    while quota.sum() > take:
+        quota[int(np.argmax(quota))] -= 1
+    picked = [rng.choice(np.flatnonzero(y == c), size=q, replace=False)
+              for c, q in zip(classes, quota)]
+    index = np.sort(np.concatenate(picked))
+    return x[index], y[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion
+
+
+def conversion_model(run):
+    """The deployable model in the form TFLite converts best: temperature folded into logits.
+
+    :meth:`kerascls.runs.Run.deployable` applies the temperature after the softmax,
+    ``softmax(log(p) / T)`` with ``p = softmax(z)``. Because ``log(softmax(z))`` is ``z`` minus
+    a per-image constant, that equals ``softmax(z / T)``: the same function without a ``LOG``
+    of quantized probabilities, which costs int8 precision and needs a newer runtime (``LOG``
+    on int8 is missing from ``tflite-runtime`` 2.14). Models whose output is not a softmax layer
+    named ``predictions`` are converted as :meth:`deployable` returns them.
+    """
+    import keras
+
+    deployable = run.deployable()
+    if abs(run.temperature - 1.0) < 1e-9:
+        return deployable
+    base = run.model
+    try:
+        softmax = base.get_layer("predictions")
+    except ValueError:
+        return deployable
+    if (getattr(getattr(softmax, "activation", None), "__name__", "") != "softmax"
+            or len(base.outputs) != 1 or base.outputs[0] is not softmax.output):
+        return deployable
+    scaled = keras.layers.Rescaling(1.0 / run.temperature, name="temperature")(softmax.input)
+    probs = keras.layers.Activation("softmax", dtype="float32", name="calibrated")(scaled)
+    return keras.Model(base.inputs, probs, name=f"{base.name}_calibrated")
+
+
+def _saved_model_for_conversion(model, input_shape, directory: Path) -> None:
+    """Write ``model`` as a SavedModel whose signature takes ``pixels``, gives ``probabilities``."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((None, *input_shape), tf.float32, name="pixels")
+    archive.add_endpoint("serving_default",
+                         lambda pixels: {"probabilities": model(pixels, training=False)},
+                         input_signature=[spec])
+    archive.write_out(str(directory), verbose=False)
+
+
+def convert(model, input_shape, variant: str, representative: np.ndarray | None = None) -> bytes:
+    """Convert a Keras model (RGB float32 0..255 in, probabilities out) to TFLite bytes.
+
+    Args:
+        model: the deployable Keras model.
+        input_shape: ``(H, W, 3)``.
+        variant: a key of :data:`VARIANTS`.
+        representative: calibration images for ``int8`` (see :func:`representative_sample`).
+    """
+    import tensorflow as tf
+
+    if variant not in VARIANTS:
+        raise UserError(f"TFLite variant must be one of {', '.join(VARIANTS)}. "
+                        f"Received: {variant}")
+    if variant == "int8" and representative is None:
+        raise UserError("the int8 variant needs representative images")
+    with tempfile.TemporaryDirectory(prefix="kerascls-tflite-") as tmp:
+        _saved_model_for_conversion(model, tuple(input_shape), Path(tmp))
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if variant != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if variant == "int8":
+            def samples():
+                for image in representative:
+                    yield [image[None].astype(np.float32)]
+
+            converter.representative_dataset = samples
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+        content = converter.convert()
+    if variant == "int8":
+        content = pin_input_quantization(content)
+    return content
+
+
+def pin_input_quantization(content: bytes) -> bytes:
+    """Set the uint8 input of a full-integer model to scale 1, zero point 0.
+
+    The converter calibrates the input range from the representative images; when their darkest
+    pixel is above 0 or their brightest below 255, the input scale is not 1 and a device would
+    have to rescale pixels in float. Widening the input range to exactly 0..255 (and the int8
+    tensor that the first ``QUANTIZE`` op makes from it) lets uint8 pixels go in unchanged; the
+    ops that read those tensors derive their arithmetic from the tensors' parameters when the
+    interpreter prepares them, so the model stays consistent.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    subgraph = model.subgraphs[0]
+    tensors = subgraph.tensors
+    changed = False
+    opcodes = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in subgraph.operators]
+    for input_index in subgraph.inputs:
+        tensor = tensors[input_index]
+        q = tensor.quantization
+        if q is None or q.scale is None or len(q.scale) != 1:
+            continue
+        if float(q.scale[0]) == 1.0 and int(q.zeroPoint[0]) == 0:
+            continue
+        q.scale, q.zeroPoint, q.min, q.max = [1.0], [0], [0.0], [255.0]
+        changed = True
+        for op, name in zip(subgraph.operators, opcodes):
+            if name == "QUANTIZE" and list(op.inputs) == [input_index]:
+                out = tensors[op.outputs[0]].quantization
+                out.scale, out.zeroPoint, out.min, out.max = [1.0], [-128], [0.0], [255.0]
+    if not changed:
+        return content
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# checks and sidecar
+
+
+def predict(it, x: np.ndarray, batch_size: int = 64, output: int = 0) -> np.ndarray:
+    """Float probabilities of a TFLite interpreter on float32 0..255 images.
+
+    Inputs are quantized the way a device does it (:func:`quantize_pixels`) and quantized
+    outputs are dequantized. Models with a dynamic batch dimension run ``batch_size`` images at
+    a time, others one at a time.
+
+    Args:
+        it: an allocated interpreter (see :func:`interpreter`).
+        x: float32 (N, H, W, 3) images in 0..255 at the model's input size.
+        batch_size: images per call for dynamic-batch models.
+        output: position in ``get_output_details()`` of the probabilities.
+    """
+    inp = it.get_input_details()[0]
+    dynamic = int(inp["shape_signature"][0]) == -1
+    step = batch_size if dynamic else 1
+    scale, zero_point = inp["quantization"]
+    current = int(inp["shape"][0])
+    results = []
+    for start in range(0, len(x), step):
+        chunk = quantize_pixels(x[start:start + step], inp["dtype"], scale, zero_point)
+        if len(chunk) != current:
+            it.resize_tensor_input(inp["index"], [len(chunk), *inp["shape"][1:]])
+            it.allocate_tensors()
+            current = len(chunk)
+        it.set_tensor(inp["index"], chunk)
+        it.invoke()
+        out = it.get_output_details()[output]
+        y = it.get_tensor(out["index"]).astype(np.float32)
+        oscale, ozero = out["quantization"]
+        if oscale:
+            y = (y - np.float32(ozero)) * np.float32(oscale)
+        results.append(y.reshape(len(chunk), -1))
+    return np.concatenate(results)
+
+
+def _check_not_constant(probs: np.ndarray, reference: np.ndarray, variant: str) -> None:
+    """Refuse a converted model whose predictions collapsed to one class or one output."""
+    ref_classes = np.unique(reference.argmax(axis=1))
+    classes = np.unique(probs.argmax(axis=1))
+    if len(ref_classes) > 1 and (len(classes) == 1 or float(probs.std(axis=0).max()) < 1e-6):
+        raise UserError(
+            f"tflite-{variant} conversion produced a constant output (every calibration image "
+            f"gets class {int(classes[0])}, while the Keras model predicts {len(ref_classes)} "
+            "classes); the model is not exported. Check that the training images are float32 "
+            "in 0..255 and that the run trained properly")
+
+
+def _tensor_entry(detail: dict) -> dict:
+    scale, zero_point = detail["quantization"]
+    return {
+        "name": detail["name"],
+        "dtype": np.dtype(detail["dtype"]).name,
+        "shape": [int(v) for v in detail["shape_signature"]],
+        "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
+    }
+
+
+def build_sidecar(run, tflite_file: Path, variant: str, extra: dict | None = None) -> dict:
+    """The manifest that travels with one ``.tflite`` file (what ``edge/run_tflite.py`` reads)."""
+    import tensorflow as tf
+
+    import kerascls
+
+    it = interpreter(tflite_file)
+    inp = _tensor_entry(it.get_input_details()[0])
+    outputs = []
+    for i, detail in enumerate(it.get_output_details()):
+        entry = _tensor_entry(detail)
+        entry.update(index=i, role="probabilities" if i == 0 else "output")
+        outputs.append(entry)
+    height, width = (int(v) for v in run.metadata["input_shape"][:2])
+    meta = run.metadata
+    sidecar = {
+        "format": f"tflite-{variant}",
+        "file": tflite_file.name,
+        "model_name": run.name,
+        "labels": list(run.labels),
+        "num_classes": len(run.labels),
+        "input_size": [height, width],
+        "resize_method": meta.get("resize_method", RESIZE_METHOD),
+        "resize_half_pixel_centers": True,
+        "resize_antialias": False,
+        "input_name": inp["name"],
+        "input_dtype": inp["dtype"],
+        "input_range": [0, 255],
+        "input_quantization": inp["quantization"],
+        "input_color": "RGB",
+        "normalize": meta.get("normalize"),
+        "normalization": "inside the model",
+        "outputs": outputs,
+        "quantization": VARIANTS[variant],
+        "temperature": float(meta.get("temperature", 1.0)),
+        "dataset": meta.get("dataset"),
+        "metrics": meta.get("metrics", {}),
+        "source_run": str(Path(run.path).resolve()),
+        "versions": {"kerascls": kerascls.__version__, "tensorflow": tf.__version__},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    sidecar.update(extra or {})
+    return sidecar
+
+
+# ---------------------------------------------------------------------------------------------
+# the exporters (kerascls.export.FORMATS)
+
+
+def _export(run, out_dir: Path, variant: str, representative_size: int | None = None):
+    if run.is_bayesian:
+        raise UserError("Bayesian runs export their own TFLite ensemble "
+                        "(kerascls.models.bayesian); tflite-* formats take Keras 3 runs")
+    model = conversion_model(run)
+    input_shape = tuple(int(v) for v in run.metadata["input_shape"])
+    extra: dict = {}
+    reference_x = None
+    representative = None
+    if variant == "int8":
+        splits = run.dataset()
+        size = DEFAULT_REPRESENTATIVE_SIZE if representative_size is None else representative_size
+        representative, rep_y = representative_sample(splits.x_train, splits.y_train, size)
+        if representative.shape[1:] != input_shape:
+            raise UserError(f"representative images have shape {representative.shape[1:]} but "
+                            f"the model takes {input_shape}")
+        reference_x = representative
+        extra["representative"] = {
+            "images": int(len(representative)), "requested": int(size),
+            "source": "training split, class-stratified", "seed": REPRESENTATIVE_SEED,
+            "per_class": {run.labels[int(c)]: int(n)
+                          for c, n in zip(*np.unique(rep_y, return_counts=True))},
+        }
+        log.info("int8: calibrating on %d training images", len(representative))
+    print(f"converting {run.name} to tflite-{variant} ...", flush=True)
+    content = convert(model, input_shape, variant, representative)
+    if reference_x is not None:
+        probs = predict(interpreter(model_content=content), reference_x)
+        reference = np.asarray(run.deployable().predict(reference_x, verbose=0,
+                                                        batch_size=64))
+        _check_not_constant(probs, reference, variant)
+        extra["representative"]["agreement_with_keras"] = float(
+            (probs.argmax(1) == reference.argmax(1)).mean())
+    path = tflite_path(run, out_dir, variant)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(content)
+    atomic_write_json(sidecar_path(path), build_sidecar(run, path, variant, extra))
+    print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB) and {sidecar_path(path).name}",
+          flush=True)
+    return [path, sidecar_path(path)]
+
+
+def _refuse(options: dict, fmt: str, allowed: tuple[str, ...] = ()) -> None:
+    if options:
+        raise UserError(f"{fmt} takes no option {', '.join(sorted(options))}. Allowed: "
+                        f"{', '.join(allowed) or 'none'}")
+
+
+def export_tflite_float32(run, out_dir: Path, **options) -> list[Path]:
+    """``tflite-float32``: the deployable model unchanged (float32 in, float32 out)."""
+    _refuse(options, "tflite-float32")
+    return _export(run, Path(out_dir), "float32")
+
+
+def export_tflite_dynamic(run, out_dir: Path, **options) -> list[Path]:
+    """``tflite-dynamic``: dynamic-range quantization (int8 weights, float activations)."""
+    _refuse(options, "tflite-dynamic")
+    return _export(run, Path(out_dir), "dynamic")
+
+
+def export_tflite_float16(run, out_dir: Path, **options) -> list[Path]:
+    """``tflite-float16``: float16 weights (half the size), float32 input and output."""
+    _refuse(options, "tflite-float16")
+    return _export(run, Path(out_dir), "float16")
+
+
+def export_tflite_int8(run, out_dir: Path, representative_size: int | None = None,
+                       **options) -> list[Path]:
+    """``tflite-int8``: full-integer model, uint8 pixels in, uint8 probabilities out.
+
+    Args:
+        run: the trained run.
+        out_dir: where the ``.tflite`` file and its sidecar go.
+        representative_size: how many class-stratified training images calibrate the
+            quantization (default :data:`DEFAULT_REPRESENTATIVE_SIZE`; at most the training
+            split, at least :data:`MIN_REPRESENTATIVE_SIZE`).
+    """
+    _refuse(options, "tflite-int8", ("representative_size",))
+    return _export(run, Path(out_dir), "int8", representative_size=representative_size)

@@ -106,7 +106,7 @@ def test_assets_hold_labels_manifest_and_warmup(digits_models):
     assert (version / "assets" / "labels.txt").read_text().splitlines() == run.labels
     manifest = json.loads((version / "assets" / "metadata.json").read_text())
     assert manifest["model_name"] == run.metadata["model_name"]
-    assert manifest["input_shape"] == [16, 16, 3]
+    assert manifest["input_shape"] == run.metadata["input_shape"]
     assert manifest["serving"]["signatures"]["serving_default"]["outputs"] == [
         "class_id",
         "label",
@@ -128,7 +128,7 @@ def test_assets_hold_labels_manifest_and_warmup(digits_models):
     blobs = tf.make_ndarray(images[-1].predict_log.request.inputs["image_bytes"])
     assert len(blobs) > 1
     for blob in blobs:  # real test images, PNG-encoded at the model's input size
-        assert tf.io.decode_png(blob).shape == (16, 16, 3)
+        assert list(tf.io.decode_png(blob).shape) == run.metadata["input_shape"]
 
 
 def test_saved_model_cli_lists_both_signatures(digits_models):
@@ -153,7 +153,8 @@ def test_saved_model_cli_lists_both_signatures(digits_models):
     assert (
         "inputs['image_bytes']" in default and "DT_STRING" in default and "shape: (-1)" in default
     )
-    assert "inputs['pixels']" in pixels and "shape: (-1, 16, 16, 3)" in pixels
+    h, w, _ = digits_models[0].metadata["input_shape"]
+    assert "inputs['pixels']" in pixels and f"shape: (-1, {h}, {w}, 3)" in pixels
     for section in (default, pixels):
         for name, dtype in (
             ("probabilities", "DT_FLOAT"),
@@ -195,7 +196,7 @@ def test_fidelity_over_the_whole_digits_test_split(digits_models, loaded, tmp_pa
             paths[-1].write_bytes(encode(image, fmt, **({"quality": 90} if fmt == "JPEG" else {})))
         blobs = [p.read_bytes() for p in paths]
         decoded = np.stack([read_image(p) for p in paths]).astype(np.float32)
-        pixels = np.asarray(resize_images(decoded, 16))
+        pixels = np.asarray(resize_images(decoded, run.image_size))
         if fmt == "PNG":  # lossless: the files give back exactly the pixels training used
             np.testing.assert_array_equal(pixels, test_x)
         reference = keras_model.predict(pixels, batch_size=128, verbose=0)
@@ -240,7 +241,8 @@ def test_other_formats_are_converted_to_rgb(digits_models, loaded):
     for blob in blobs:
         with Image.open(io.BytesIO(blob)) as im:
             expected.append(np.asarray(im.convert("RGB"), dtype=np.float32))
-    pixels = np.concatenate([np.asarray(resize_images(e[None], 16)) for e in expected])
+    size = digits_models[0].image_size
+    pixels = np.concatenate([np.asarray(resize_images(e[None], size)) for e in expected])
     reference = digits_models[0].deployable().predict(pixels, verbose=0)
     got = loaded.signatures["serving_default"](image_bytes=tf.constant(blobs))["probabilities"]
     assert np.abs(got.numpy() - reference).max() <= 1e-5

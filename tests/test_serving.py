@@ -162,7 +162,8 @@ def test_grpc_round_trip_matches_rest(served):
     np.testing.assert_allclose(
         [p.probabilities for p in via_grpc], [p.probabilities for p in rest], atol=1e-6
     )
-    pixels = grpc_client.predict_pixels(BRIGHT.astype(np.float32))
+    h, w, _ = served["sentiment"].metadata["input_shape"]
+    pixels = grpc_client.predict_pixels(np.full((h, w, 3), BRIGHT[0, 0], np.float32))
     assert pixels[0].label == "positive"
     assert grpc_client.status() == ServingClient("sentiment", port=served["rest"]).status()
     meta = grpc_client.metadata()
@@ -196,7 +197,8 @@ def test_status_and_metadata_have_tf_serving_json_shapes(served):
     assert set(default["outputs"]) == {"probabilities", "class_id", "label", "score"}
     assert default["outputs"]["class_id"]["dtype"] == "DT_INT64"
     pixels = sigs["predict_pixels"]["inputs"]["pixels"]
-    assert [d["size"] for d in pixels["tensor_shape"]["dim"]] == ["-1", "16", "16", "3"]
+    h, w, _ = served["digits"].metadata["input_shape"]
+    assert [d["size"] for d in pixels["tensor_shape"]["dim"]] == ["-1", str(h), str(w), "3"]
 
 
 def test_version_and_label_routing(served):

@@ -181,16 +181,18 @@ def ood_images(run, dataset: str, count: int, seed: int = 0) -> np.ndarray:
 
 def ood_report(run, dataset: str, probs_in: np.ndarray, mc_in: np.ndarray | None, *,
                samples: int, mc_dropout: bool = False, batch_size: int = 256,
-               out_dir: Path | None = None) -> dict:
+               out_dir: Path | None = None, x_out: np.ndarray | None = None) -> dict:
     """AUROC of each uncertainty score at telling ``dataset`` images from the test split.
 
     Scores (higher = more likely OOD): ``max_softmax`` (1 - top probability), ``entropy`` and,
     with Monte Carlo predictions, ``mutual_information``. Draws ``ood_<dataset>.png``.
+    ``x_out`` are the OOD images when already loaded (:func:`ood_images`).
     """
     from kerascls import plots
     from kerascls import uncertainty as U
 
-    x_out = ood_images(run, dataset, len(probs_in), seed=run.config.train.seed)
+    if x_out is None:
+        x_out = ood_images(run, dataset, len(probs_in), seed=run.config.train.seed)
     mc_out = predict_mc(run, x_out, samples, mc_dropout=mc_dropout, batch_size=batch_size)
     probs_out = mc_out.mean(axis=0) if mc_out is not None else run.predict_proba(x_out, batch_size)
     s_in, s_out = U.ood_scores(probs_in, mc_in), U.ood_scores(probs_out, mc_out)
@@ -252,6 +254,7 @@ def evaluate_run(run, *, splits=None, dataset: str | None = None, tta: int = 0,
     samples = int(mc_samples or run.config.eval.mc_samples)
     if samples < 1:
         raise UserError(f"--mc-samples must be a positive integer. Received: {samples}")
+    x_ood = ood_images(run, ood, len(x), seed=run.config.train.seed) if ood else None
     mc = predict_mc(run, x, samples, mc_dropout=mc_dropout, batch_size=batch_size)
     if tta > 1:
         probs = predict_tta(run, x, tta, batch_size)
@@ -273,7 +276,7 @@ def evaluate_run(run, *, splits=None, dataset: str | None = None, tta: int = 0,
         metrics["uncertainty"] = U.uncertainty_summary(U.MCPrediction.from_samples(mc), y)
     if ood:
         metrics["ood"] = ood_report(run, ood, probs, mc, samples=samples, mc_dropout=mc_dropout,
-                                    batch_size=batch_size, out_dir=out)
+                                    batch_size=batch_size, out_dir=out, x_out=x_ood)
     metrics.update(measure_latency(run, x))
     metrics["dataset"] = dataset or run.metadata.get("dataset")
     metrics["tta"] = int(tta)

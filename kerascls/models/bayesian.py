@@ -46,7 +46,6 @@ import logging
 import math
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -471,8 +470,10 @@ class BayesianPredictor:
     """Monte Carlo prediction with a trained Bayesian run's model.
 
     Attributes:
-        model: the tf_keras model (``trackable`` too: the SavedModel exporter saves its
-            variables through it).
+        model: the tf_keras model.
+        trackable: a ``tf.Module`` holding the model's variables, which the SavedModel exporter
+            attaches to its module so that they are saved (lighter than tracking the tf_keras
+            model, whose layers tf_keras would trace one by one).
         mc_samples: the default number of Monte Carlo samples (the run's ``eval.mc_samples``).
         spec: the build arguments (``bnn.json``).
     """
@@ -482,15 +483,13 @@ class BayesianPredictor:
         self.model = model
         self.mc_samples = int(mc_samples)
         self.spec = dict(spec or {})
+        self.trackable = tf.Module(name="bnn_variables")
+        self.trackable.variables_list = list(model.weights)
         h, w, c = (int(v) for v in model.input_shape[1:])
         self._mc = tf.function(
             lambda pixels, n: mc_tensors(model, pixels, n),
             input_signature=[tf.TensorSpec([None, h, w, c], tf.float32),
                              tf.TensorSpec([], tf.int32)])
-
-    @property
-    def trackable(self):
-        return self.model
 
     def _check_n(self, n) -> int:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -554,83 +553,113 @@ def _posterior_sample(dist, rng: np.random.Generator, sample: bool) -> np.ndarra
     return (loc + scale * rng.standard_normal(loc.shape)).astype(np.float32)
 
 
-def _deterministic_twin(layer, weights: list[np.ndarray], name: str):
-    """An ordinary Conv2D / Dense with ``weights`` in place of a Flipout layer."""
-    L = _tfk().layers
+def _weights_of(layer, rng: np.random.Generator, sample: bool):
+    """``(kernel, bias)`` as numpy: a posterior draw for a Flipout layer, the values otherwise."""
+    if hasattr(layer, "kernel_posterior"):
+        bias = (_posterior_sample(layer.bias_posterior, rng, sample)
+                if layer.bias_posterior is not None else None)
+        return _posterior_sample(layer.kernel_posterior, rng, sample), bias
+    bias = layer.bias.numpy() if getattr(layer, "bias", None) is not None else None
+    return layer.kernel.numpy(), bias
+
+
+def _apply_weighted(layer, kernel, bias, x):
+    """A Conv2D / Dense (or their Flipout twins) with fixed weights, in plain TensorFlow ops."""
+    tf = _tf()
     if hasattr(layer, "filters"):
-        twin = L.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
-                        padding=layer.padding, data_format=layer.data_format,
-                        dilation_rate=layer.dilation_rate, activation=layer.activation,
-                        use_bias=layer.bias_posterior is not None, name=name)
+        if layer.data_format != "channels_last":
+            raise UserError(f"layer {layer.name}: only channels_last convolutions are supported")
+        y = tf.nn.convolution(x, kernel, strides=layer.strides, padding=layer.padding.upper(),
+                              dilations=layer.dilation_rate)
     else:
-        twin = L.Dense(layer.units, activation=layer.activation,
-                       use_bias=layer.bias_posterior is not None, name=name)
-    return twin, weights
+        y = tf.matmul(x, kernel)
+    if bias is not None:
+        y = y + bias
+    return layer.activation(y)
 
 
-def posterior_ensemble(model, members: int = ENSEMBLE_MEMBERS, seed: int = ENSEMBLE_SEED,
-                       sample: bool = True):
-    """A deterministic tf_keras model of ``members`` networks with posterior-sampled weights.
+class PosteriorEnsemble:
+    """``K`` deterministic networks whose weights are draws from a Bayesian model's posterior.
 
-    Every Flipout layer becomes an ordinary Conv2D or Dense whose kernel is one draw from its
-    posterior (biases are point estimates); layers before the first Flipout layer are shared by
-    the members. Flipout's sign flips leave the distribution of the perturbed weights unchanged,
-    so each member is an exact posterior sample of the Bayesian network.
+    Every Flipout layer becomes a convolution or matrix product with one draw of its kernel
+    (biases are point estimates); layers before the first Flipout layer are computed once and
+    shared by the members. Flipout's sign flips leave the distribution of the perturbed weights
+    unchanged, so each member is an exact posterior sample of the Bayesian network. The weights
+    are constants, so the computation converts to TFLite builtin ops without variables.
+
+    Calling it on a float32 0..255 batch returns the members' probabilities ``(batch, K, C)``.
 
     Args:
         model: a Bayesian model from :func:`build_bnn` (a chain of layers).
         members: ensemble size ``K``.
         seed: seed of the numpy generator drawing the weights.
         sample: False gives members with the posterior means (all identical).
-
-    Returns:
-        A tf_keras model ``pixels -> (batch, K, classes)`` member probabilities.
     """
-    tfk = _tfk()
-    L = tfk.layers
-    if members < 1:
-        raise UserError(f"the ensemble needs at least one member. Received: {members}")
-    rng = np.random.default_rng(seed)
-    bayesian = {id(layer) for layer in variational_layers(model)}
-    inputs = tfk.Input(shape=tuple(model.input_shape[1:]), name="pixels")
-    shared = inputs
-    branches = None
-    for layer in model.layers[1:]:
-        if id(layer) in bayesian:
-            if branches is None:
-                branches = [shared] * members
-            new = []
-            for k, x in enumerate(branches):
-                weights = [_posterior_sample(layer.kernel_posterior, rng, sample)]
-                if layer.bias_posterior is not None:
-                    weights.append(_posterior_sample(layer.bias_posterior, rng, sample))
-                twin, w = _deterministic_twin(layer, weights, f"m{k}_{layer.name}")
-                y = twin(x)
-                twin.set_weights(w)
-                new.append(y)
-            branches = new
-        elif branches is None:
-            shared = layer(shared)
-        else:
-            branches = [layer(x) for x in branches]
-    if branches is None:
-        raise UserError(f"{model.name} has no Flipout layer to sample")
-    classes = int(branches[0].shape[-1])
-    stacked = [L.Reshape((1, classes), name=f"m{k}_member")(x) for k, x in enumerate(branches)]
-    out = stacked[0] if members == 1 else L.Concatenate(axis=1, name="members")(stacked)
-    return tfk.Model(inputs, out, name=f"{model.name}_ensemble{members}")
+
+    def __init__(self, model, members: int = ENSEMBLE_MEMBERS, seed: int = ENSEMBLE_SEED,
+                 sample: bool = True):
+        if isinstance(members, bool) or not isinstance(members, (int, np.integer)) \
+                or members < 1:
+            raise UserError(f"ensemble members must be a positive integer. Received: {members}")
+        if not variational_layers(model):
+            raise UserError(f"{model.name} has no Flipout layer to sample")
+        rng = np.random.default_rng(seed)
+        self.members = int(members)
+        self.input_shape = tuple(int(v) for v in model.input_shape[1:])
+        self.num_classes = int(model.output_shape[-1])
+        # (layer, None) for weightless layers, (layer, [params]) with one entry per member for
+        # Flipout layers, or one shared entry for deterministic weighted layers.
+        self.steps = []
+        for layer in model.layers[1:]:
+            if hasattr(layer, "kernel_posterior"):
+                self.steps.append((layer, [_weights_of(layer, rng, sample)
+                                           for _ in range(self.members)]))
+            elif layer.weights and hasattr(layer, "kernel"):
+                self.steps.append((layer, [_weights_of(layer, rng, sample)]))
+            elif layer.trainable_weights:
+                raise UserError(f"layer {layer.name} ({type(layer).__name__}) cannot go into "
+                                "the posterior ensemble")
+            else:
+                self.steps.append((layer, None))
+
+    def __call__(self, pixels):
+        tf = _tf()
+        shared = tf.cast(pixels, tf.float32)
+        branches = None
+        for layer, params in self.steps:
+            if params is not None and len(params) == self.members and \
+                    hasattr(layer, "kernel_posterior"):
+                inputs = branches or [shared] * self.members
+                branches = [_apply_weighted(layer, k, b, x)
+                            for x, (k, b) in zip(inputs, params)]
+            elif params is not None:
+                (k, b), = params
+                if branches is None:
+                    shared = _apply_weighted(layer, k, b, shared)
+                else:
+                    branches = [_apply_weighted(layer, k, b, x) for x in branches]
+            elif branches is None:
+                shared = layer(shared, training=False)
+            else:
+                branches = [layer(x, training=False) for x in branches]
+        return tf.stack([tf.cast(x, tf.float32) for x in branches], axis=1)
 
 
-def ensemble_module(ensemble):
-    """A ``tf.Module`` whose ``serve`` signature gives the mean, spread and member probabilities."""
+def posterior_ensemble(model, members: int = ENSEMBLE_MEMBERS, seed: int = ENSEMBLE_SEED,
+                       sample: bool = True) -> PosteriorEnsemble:
+    """The :class:`PosteriorEnsemble` of ``members`` posterior draws of ``model``."""
+    return PosteriorEnsemble(model, members, seed, sample)
+
+
+def ensemble_module(ensemble: PosteriorEnsemble):
+    """A ``tf.Module`` whose ``serve`` function gives the mean, spread and member probabilities."""
     tf = _tf()
-    h, w, c = (int(v) for v in ensemble.input_shape[1:])
     module = tf.Module()
-    module.ensemble = ensemble
 
-    @tf.function(input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="pixels")])
+    @tf.function(input_signature=[tf.TensorSpec([None, *ensemble.input_shape], tf.float32,
+                                                name="pixels")])
     def serve(pixels):
-        members = tf.cast(ensemble(pixels, training=False), tf.float32)  # (B, K, C)
+        members = ensemble(pixels)  # (B, K, C)
         mean = tf.reduce_mean(members, axis=1)
         std = tf.sqrt(tf.reduce_mean(tf.square(members - mean[:, None]), axis=1))
         return {"probabilities": mean, "std": std, "member_probabilities": members}
@@ -657,21 +686,20 @@ def convert_ensemble(module, variant: str, representative: np.ndarray | None = N
     tf = _tf()
     if variant == "int8" and representative is None:
         raise UserError("the int8 ensemble needs representative images")
-    with tempfile.TemporaryDirectory(prefix="kerascls-bnn-tflite-") as tmp:
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if variant != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if variant == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if variant == "int8":
-            converter.representative_dataset = lambda: ([im[None].astype(np.float32)]
-                                                         for im in representative)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8
-            converter.inference_output_type = tf.uint8
-        content = converter.convert()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant == "int8":
+        converter.representative_dataset = lambda: ([im[None].astype(np.float32)]
+                                                     for im in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    content = converter.convert()
     return pin_input_quantization(content) if variant == "int8" else content
 
 
@@ -763,9 +791,7 @@ def export_tflite(run, out_dir: Path, variant: str, *, members: int = ENSEMBLE_M
         bad = sorted(options) + (["representative_size"] if representative_size is not None
                                  and kind != "int8" else [])
         raise UserError(f"{variant} of a Bayesian run takes no option {', '.join(bad)}")
-    if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or members < 1:
-        raise UserError(f"ensemble members must be a positive integer. Received: {members}")
-    module = ensemble_module(posterior_ensemble(run.model.model, int(members), seed))
+    module = ensemble_module(posterior_ensemble(run.model.model, members, seed))
     extra: dict = {"ensemble_members": int(members), "ensemble_seed": int(seed)}
     representative = None
     if kind == "int8":

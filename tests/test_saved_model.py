@@ -55,6 +55,19 @@ def png_bomb(side: int = 30000) -> bytes:
     )
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with no real image data."""
+    import struct
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b""))
+        + png_chunk(b"IEND", b"")
+    )
+
+
 def png_zero_size() -> bytes:
     """A PNG whose header says 0 x 0 pixels."""
     import struct
@@ -249,7 +262,8 @@ def test_other_formats_are_converted_to_rgb(digits_models, loaded):
 
 
 @pytest.mark.parametrize(
-    "case", ["not_an_image", "truncated_png", "zero_size_png", "png_bomb", "empty"]
+    "case",
+    ["not_an_image", "truncated_png", "zero_size_png", "png_bomb", "png_huge_header", "empty"],
 )
 def test_bad_images_fail_in_the_graph_with_invalid_argument(loaded, case):
     """The SavedModel itself refuses bad bytes (what the real TF Serving answers with 400)."""
@@ -261,11 +275,12 @@ def test_bad_images_fail_in_the_graph_with_invalid_argument(loaded, case):
         "truncated_png": good[: len(good) // 2],
         "zero_size_png": png_zero_size(),
         "png_bomb": png_bomb(),
+        "png_huge_header": png_header_only(0xFFFFFFFF, 0xFFFFFFFF),
         "empty": b"",
     }[case]
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         loaded.signatures["serving_default"](image_bytes=tf.constant([data]))
-    if case == "png_bomb":
+    if case.startswith("png_"):
         assert "image too large" in err.value.message
 
 

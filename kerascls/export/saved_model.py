@@ -59,7 +59,6 @@ LABELS_FILE = "labels.txt"
 MANIFEST_FILE = "metadata.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP_IMAGES = 4
-OPTIONS = ("models_dir", "version")
 
 _VERSION_RE = re.compile(r"^\d+$")
 
@@ -76,10 +75,9 @@ def versions_in(model_dir: Path) -> list[int]:
 def _read_header(data):
     """``(is_jpeg, [height, width])`` from the header of an encoded image, without decoding it.
 
-    The size is ``[0, 0]`` for formats it does not know (decoding then reports them).
-
     PNG, GIF and BMP sizes are parsed from their fixed header fields, JPEG's with
-    ``tf.image.extract_jpeg_shape`` (which reads markers only).
+    ``tf.image.extract_jpeg_shape`` (which reads markers only). The size is ``[0, 0]`` for
+    formats it does not know (decoding then reports them).
     """
     import tensorflow as tf
 
@@ -134,8 +132,10 @@ def decode_images(image_bytes, size: tuple[int, int], max_pixels: int = MAX_IMAG
 
     def one(data):
         is_jpeg, hw = _read_header(data)
+        # Each side first, so that the product of two huge header fields cannot overflow.
+        fits = tf.reduce_all(hw <= max_pixels) & (hw[0] * hw[1] <= max_pixels)
         too_big = tf.debugging.Assert(
-            hw[0] * hw[1] <= max_pixels,
+            fits,
             [f"image too large: the limit is {max_pixels} pixels; height and width:", hw],
         )
         with tf.control_dependencies([too_big]):

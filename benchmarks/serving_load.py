@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -203,12 +204,19 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
+    work = Path(tempfile.mkdtemp(prefix="serving-load-"))
+    try:
+        return _measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(args, work: Path) -> int:
     from kerascls.data.preprocess import read_image
     from kerascls.export.saved_model import encode_png, export_saved_model
     from kerascls.runs import load_run
     from kerascls.serving.client import ServingClient
 
-    work = Path(tempfile.mkdtemp(prefix="serving-load-"))
     run_dir = Path(args.run) if args.run else train_small_run(work / "runs")
     run = load_run(run_dir)
     version = export_saved_model(run, run.path, models_dir=work / "models")[0]

@@ -8,8 +8,9 @@ SavedModel if exported, every TFLite file) with:
 * test-split accuracy and macro-F1;
 * top-1 agreement with the Keras model, max and mean absolute probability difference;
 * p50 and p90 latency of one image at 1 and at 2 threads (TFLite: ``set_tensor``, ``invoke``,
-  ``get_tensor`` on a prepared input; Keras and SavedModel: a graph call, each thread count
-  measured in a fresh process because TensorFlow fixes its thread pools at start-up);
+  ``get_tensor`` on a prepared input; Keras and SavedModel: a graph call, measured in a fresh
+  process when the thread count differs from this process's, because TensorFlow fixes its
+  thread pools at start-up);
 * the classes whose recall dropped by more than 5 points against the Keras model. These are
   printed as warnings, listed at the top of the Markdown report and under ``warnings`` in the
   JSON.
@@ -143,16 +144,35 @@ def tflite_latency(path: Path, image: np.ndarray, threads: int, runs: int) -> di
     return _time_calls(call, runs)
 
 
-def tf_latency(run_dir: Path, saved_models: list[Path], image: np.ndarray, threads: int,
+def _this_process_threads() -> int | None:
+    """TensorFlow's thread count in this process when both pools are at their default size."""
+    import tensorflow as tf
+
+    t = tf.config.threading
+    if t.get_intra_op_parallelism_threads() or t.get_inter_op_parallelism_threads():
+        return None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count()
+
+
+def tf_latency(run, saved_models: list[Path], image: np.ndarray, threads: int,
                runs: int) -> dict:
-    """Keras and SavedModel latency at ``threads``, measured in a fresh Python process."""
+    """Keras and SavedModel latency at ``threads``.
+
+    TensorFlow sizes its thread pools once per process, so a thread count other than this
+    process's own is measured in a fresh Python process.
+    """
+    if threads == _this_process_threads():
+        return _tf_times(run, saved_models, image[None].astype(np.float32), runs)
     with tempfile.TemporaryDirectory(prefix="kerascls-latency-") as tmp:
         npy = Path(tmp) / "image.npy"
         np.save(npy, image[None].astype(np.float32))
         cmd = [sys.executable, "-c",
                "import sys; from kerascls.export.report import _latency_worker; "
                "_latency_worker(sys.argv[1:])",
-               str(run_dir), str(threads), str(runs), str(npy), *map(str, saved_models)]
+               str(run.path), str(threads), str(runs), str(npy), *map(str, saved_models)]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -172,19 +192,25 @@ def _latency_worker(argv: list[str]) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     from kerascls.runs import load_run
 
-    run = load_run(run_dir)
-    x = tf.constant(np.load(npy))
+    print(json.dumps(_tf_times(load_run(run_dir), saved_models, np.load(npy), runs)), flush=True)
+
+
+def _tf_times(run, saved_models, batch: np.ndarray, runs: int) -> dict:
+    """p50/p90 of one graph call of the Keras model and of each SavedModel on ``batch``."""
+    import tensorflow as tf
+
+    x = tf.constant(batch)
     result = {}
     if run.is_bayesian:
-        result["keras"] = _time_calls(lambda: run.predict_proba(x.numpy()), runs)
+        result["keras"] = _time_calls(lambda: run.predict_proba(batch), runs)
     else:
         model = run.deployable()
         graph = tf.function(lambda p: model(p, training=False), reduce_retracing=True)
         result["keras"] = _time_calls(lambda: graph(x).numpy(), runs)
     for directory in saved_models:
-        fn = tf.saved_model.load(directory).signatures["predict_pixels"]
-        result[directory] = _time_calls(lambda: fn(pixels=x)["probabilities"].numpy(), runs)
-    print(json.dumps(result), flush=True)
+        fn = tf.saved_model.load(str(directory)).signatures["predict_pixels"]
+        result[str(directory)] = _time_calls(lambda: fn(pixels=x)["probabilities"].numpy(), runs)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +234,7 @@ def compare(reference: np.ndarray, probs: np.ndarray, y: np.ndarray, labels: lis
     }
     if reference_metrics is not None:
         for cls, ref in reference_metrics["per_class"].items():
-            drop = (ref["recall"] - metrics["per_class"][cls]["recall"]) * 100.0
+            drop = round((ref["recall"] - metrics["per_class"][cls]["recall"]) * 100.0, 6)
             if drop > RECALL_DROP_POINTS:
                 row["recall_drops"].append({
                     "class": cls, "keras_recall": ref["recall"],
@@ -261,7 +287,7 @@ def build_report(run, artifacts, *, latency_runs: int = LATENCY_RUNS,
                      **compare(reference, probs, y, labels, ref_metrics)})
 
     image = x[0]
-    tf_times = {t: tf_latency(run.path, saved_models, image, t, latency_runs) for t in threads}
+    tf_times = {t: tf_latency(run, saved_models, image, t, latency_runs) for t in threads}
     for row in rows:
         row["latency"] = {}
         for t in threads:

@@ -267,38 +267,78 @@ def convert(model, input_shape, variant: str, representative: np.ndarray | None 
     return content
 
 
-def pin_input_quantization(content: bytes) -> bytes:
-    """Set the uint8 input of a full-integer model to scale 1, zero point 0.
+# ops that read the pinned int8 input: those with an int32 bias stored at the input scale times
+# the weight scale, and those whose kernels take every scale from the tensors when prepared
+_PIN_BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+_PIN_SCALE_OPS = ("ADD", "SUB", "MUL")
 
-    The converter calibrates the input range from the representative images; when their darkest
-    pixel is above 0 or their brightest below 255, the input scale is not 1 and a device would
-    have to rescale pixels in float. Widening the input range to exactly 0..255 (and the int8
-    tensor that the first ``QUANTIZE`` op makes from it) lets uint8 pixels go in unchanged; the
-    ops that read those tensors derive their arithmetic from the tensors' parameters when the
-    interpreter prepares them, so the model stays consistent.
+
+def pin_input_quantization(content: bytes) -> bytes:
+    """Give the uint8 input of a full-integer model scale 1 and zero point 0.
+
+    The converter calibrates the input range from the representative images. When their
+    brightest pixel is below 255 the input scale is not 1, and a device would have to rescale
+    pixels in float (and pixels brighter than the calibration would clip). This widens the
+    range to exactly 0..255: the uint8 input and the int8 tensor that the first ``QUANTIZE``
+    op makes from it get scale 1. The ops reading that tensor stay exact. ``ADD``, ``SUB`` and
+    ``MUL`` take their scales from the tensors when the interpreter prepares them. For
+    ``CONV_2D``, ``DEPTHWISE_CONV_2D`` and ``FULLY_CONNECTED`` the int32 bias is stored at
+    input scale times weight scale, so it is re-expressed at the new input scale. Graphs whose
+    first ops are of another kind are returned unchanged (their sidecar then records the
+    calibrated input scale, which ``edge/run_tflite.py`` applies).
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     subgraph = model.subgraphs[0]
-    tensors = subgraph.tensors
-    changed = False
-    opcodes = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in subgraph.operators]
-    for input_index in subgraph.inputs:
-        tensor = tensors[input_index]
-        q = tensor.quantization
-        if q is None or q.scale is None or len(q.scale) != 1:
-            continue
-        if float(q.scale[0]) == 1.0 and int(q.zeroPoint[0]) == 0:
-            continue
-        q.scale, q.zeroPoint, q.min, q.max = [1.0], [0], [0.0], [255.0]
-        changed = True
-        for op, name in zip(subgraph.operators, opcodes):
-            if name == "QUANTIZE" and list(op.inputs) == [input_index]:
-                out = tensors[op.outputs[0]].quantization
-                out.scale, out.zeroPoint, out.min, out.max = [1.0], [-128], [0.0], [255.0]
-    if not changed:
+    tensors, ops = subgraph.tensors, subgraph.operators
+    names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in ops]
+    if len(subgraph.inputs) != 1:
         return content
+    input_index = int(subgraph.inputs[0])
+    q = tensors[input_index].quantization
+    if q is None or q.scale is None or len(q.scale) != 1 or int(q.zeroPoint[0]) != 0:
+        return content
+    old = float(q.scale[0])
+    if old == 1.0:
+        return content
+    readers = [(op, name) for op, name in zip(ops, names) if input_index in list(op.inputs)]
+    if len(readers) != 1 or readers[0][1] != "QUANTIZE":
+        return content
+    int8_index = int(readers[0][0].outputs[0])
+    q8 = tensors[int8_index].quantization
+    if len(q8.scale) != 1 or abs(float(q8.scale[0]) - old) > 1e-12 * old:
+        return content
+    consumers = [(op, name) for op, name in zip(ops, names) if int8_index in list(op.inputs)]
+    if not consumers or any(name not in _PIN_BIAS_OPS + _PIN_SCALE_OPS for _, name in consumers):
+        return content
+    buffer_users: dict[int, int] = {}
+    for t in tensors:
+        buffer_users[t.buffer] = buffer_users.get(t.buffer, 0) + 1
+    rescaled = []
+    for op, name in consumers:
+        if name not in _PIN_BIAS_OPS:
+            continue
+        inputs = list(op.inputs)
+        if inputs[0] != int8_index or int8_index in inputs[1:]:
+            return content
+        if len(inputs) < 3 or inputs[2] < 0:
+            continue
+        bias = tensors[inputs[2]]
+        data = model.buffers[bias.buffer].data
+        if bias.quantization is None or data is None or buffer_users[bias.buffer] != 1:
+            return content
+        values = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype="<i4")
+        new = np.round(values.astype(np.float64) * old)
+        if np.abs(new).max(initial=0) >= 2**31:
+            return content
+        rescaled.append((bias, new.astype("<i4")))
+    for bias, values in rescaled:
+        model.buffers[bias.buffer].data = np.frombuffer(values.tobytes(), dtype=np.uint8)
+        bias.quantization.scale = [float(s) / old for s in bias.quantization.scale]
+        bias.quantization.min = bias.quantization.max = None
+    q.scale, q.min, q.max = [1.0], [0.0], [255.0]
+    q8.scale, q8.min, q8.max = [1.0], [0.0], [255.0]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 

@@ -106,8 +106,9 @@ def main(argv=None) -> int:
             print(f"{name:32} " + " ".join(cells))
     bnn, det = rows["bnn_cnn (Flipout trunk)"], rows["lenet (deterministic)"]
     print(f"\nBNN - deterministic accuracy: {100 * (bnn['accuracy'] - det['accuracy']):+.2f} pp")
-    print(f"deterministic ECE: {det['uncalibrated']['ece'] if det['uncalibrated'] else det['ece']:.4f}"
-          f" before, {det['ece']:.4f} after temperature scaling (T = {det['temperature']:.3f})")
+    before = det["uncalibrated"]["ece"] if det["uncalibrated"] else det["ece"]
+    print(f"deterministic ECE: {before:.4f} before, {det['ece']:.4f} after temperature scaling "
+          f"(T = {det['temperature']:.3f})")
     out = root / "uncertainty_digits.json"
     out.write_text(json.dumps({"args": vars(args), "models": rows}, indent=2) + "\n")
     print(f"figures: {out}")

@@ -69,7 +69,7 @@ def nll(y, probs) -> float:
 
 
 def brier_score(y, probs) -> float:
-    """Multi-class Brier score: ``mean_i sum_c (p_ic - 1[y_i = c])^2`` (0 is perfect, 2 the worst)."""
+    """Multi-class Brier score ``mean_i sum_c (p_ic - 1[y_i = c])^2``: 0 is perfect, 2 the worst."""
     p = _check_probs(probs)
     y = _check_labels(y, len(p))
     if not len(y):

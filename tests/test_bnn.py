@@ -456,7 +456,7 @@ def test_notebook_runs_with_a_small_budget(tmp_path):
     params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
     params[0].source = (f"EPOCHS = 2\nIMAGE_SIZE = 16\nMC_SAMPLES = 5\nMEMBERS = 3\n"
-                        f"OUTPUT_DIR = {str(tmp_path / 'runs')!r}\n")
+                        f"OOD_SETS = ['noise']\nOUTPUT_DIR = {str(tmp_path / 'runs')!r}\n")
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]

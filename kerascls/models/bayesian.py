@@ -107,7 +107,7 @@ def _prior_fn(dtype, shape, name, trainable, add_variable_fn, *, scale: float):
 
 
 def _scaled_kl(q, p, _, *, weight: float):
-    """``KL(q || p) * weight``: with ``weight = 1 / N`` the summed layer losses are KL per example."""
+    """``KL(q || p) * weight``; with ``weight = 1 / N`` the layer losses sum to KL per example."""
     return _tfp().distributions.kl_divergence(q, p) * weight
 
 

@@ -443,7 +443,9 @@ def explain_files(run, image_paths, *, methods=METHODS, layer: str | None = None
 def select_examples(y_true, probs, k: int) -> dict[str, np.ndarray]:
     """Indices of the test images each gallery shows.
 
-    * ``correct``: the ``k`` correct predictions made with the highest confidence;
+    * ``correct``: the correct predictions made with the highest confidence, one class after
+      another (the most confident of each class first, then the second most confident...), so
+      that the ``k`` images show as many classes as they can;
     * ``wrong``: the ``k`` worst errors, i.e. misclassified images with the lowest probability
       on their true class;
     * ``uncertain``: the ``k`` images with the highest predictive entropy.
@@ -459,8 +461,14 @@ def select_examples(y_true, probs, k: int) -> dict[str, np.ndarray]:
     p_true = p[np.arange(len(y)), y]
     correct = np.flatnonzero(pred == y)
     wrong = np.flatnonzero(pred != y)
+    by_conf = correct[np.argsort(-conf[correct], kind="stable")]
+    rank = np.zeros(len(by_conf), np.int64)
+    seen: dict[int, int] = {}
+    for j, i in enumerate(by_conf):
+        rank[j] = seen.get(int(y[i]), 0)
+        seen[int(y[i])] = rank[j] + 1
     return {
-        "correct": correct[np.argsort(-conf[correct], kind="stable")][:k],
+        "correct": by_conf[np.argsort(rank, kind="stable")][:k],
         "wrong": wrong[np.argsort(p_true[wrong], kind="stable")][:k],
         "uncertain": np.argsort(-entropy(p), kind="stable")[:k],
     }
@@ -472,8 +480,8 @@ def gallery_figure(images, maps: dict[str, np.ndarray], titles: list[str], path:
     plt = _plt()
     methods = list(maps)
     n = max(1, len(images))
-    fig, axes = plt.subplots(n, 1 + len(methods), figsize=(1.9 * (1 + len(methods)), 1.9 * n),
-                             squeeze=False)
+    fig, axes = plt.subplots(n, 1 + len(methods), figsize=(1.9 * (1 + len(methods)), 2.3 * n),
+                             squeeze=False, layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     if not len(images):

@@ -140,6 +140,10 @@ def test_select_examples_picks_worst_errors_and_most_uncertain():
     assert chosen["wrong"].tolist() == [4, 1]          # lowest probability on the true class
     assert chosen["uncertain"].tolist() == [3, 1]      # highest entropy
     assert chosen["correct"].tolist() == [2, 0]        # most confident correct
+    # one class after another: the best 1 (0.99) comes before the second-best 0 (0.998)
+    y = np.array([0, 0, 1])
+    probs = np.array([[0.999, 0.001], [0.998, 0.002], [0.01, 0.99]])
+    assert select_examples(y, probs, 3)["correct"].tolist() == [0, 2, 1]
     with pytest.raises(UserError):
         select_examples(y, probs, 0)
 

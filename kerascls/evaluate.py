@@ -251,7 +251,7 @@ def evaluate_run(run, *, splits=None, dataset: str | None = None, tta: int = 0,
         raise UserError(f"dataset classes {splits.class_names[:5]}... do not match the run's labels "
                         f"{run.labels[:5]}...")
     x, y = splits.x_test, splits.y_test
-    samples = int(mc_samples or run.config.eval.mc_samples)
+    samples = int(run.config.eval.mc_samples if mc_samples is None else mc_samples)
     if samples < 1:
         raise UserError(f"--mc-samples must be a positive integer. Received: {samples}")
     x_ood = ood_images(run, ood, len(x), seed=run.config.train.seed) if ood else None
@@ -265,11 +265,12 @@ def evaluate_run(run, *, splits=None, dataset: str | None = None, tta: int = 0,
     metrics = classification_metrics(y, probs, run.labels)
     out = Path(out_dir or run.path)
     out.mkdir(parents=True, exist_ok=True)
-    temperature_applied = (not run.is_bayesian and mc is None and tta <= 1
-                           and abs(run.temperature - 1.0) > 1e-9)
-    metrics.update(calibration_report(run, x, y, probs, out, batch_size=batch_size,
-                                      calibrated_by_temperature=temperature_applied))
-    metrics["temperature"] = run.temperature if temperature_applied else 1.0
+    # deterministic predictions carry the fitted temperature (TTA averages calibrated passes)
+    temperature = run.temperature if not run.is_bayesian and mc is None else 1.0
+    metrics.update(calibration_report(
+        run, x, y, probs, out, batch_size=batch_size,
+        calibrated_by_temperature=abs(temperature - 1.0) > 1e-9 and tta <= 1))
+    metrics["temperature"] = temperature
     metrics["prediction"] = ("monte_carlo" if run.is_bayesian else
                              "mc_dropout" if mc_dropout else "deterministic")
     if mc is not None:

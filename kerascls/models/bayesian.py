@@ -46,6 +46,7 @@ import logging
 import math
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,9 @@ def _variational_kwargs(prior_scale: float, kl_weight: float, posterior_scale_in
         kernel_prior_fn=functools.partial(_prior_fn, scale=prior_scale),
         kernel_posterior_fn=posterior,
         kernel_divergence_fn=functools.partial(_scaled_kl, weight=kl_weight),
+        # point-estimate biases starting at zero
+        bias_posterior_fn=tfp.layers.default_mean_field_normal_fn(
+            is_singular=True, loc_initializer=tfk.initializers.Zeros()),
     )
 
 
@@ -170,6 +174,16 @@ def build_bnn(input_shape, num_classes: int, *, convs, hidden, normalize: str | 
     if int(num_train_examples) < 1:
         raise UserError(f"num_train_examples must be a positive integer. "
                         f"Received: {num_train_examples}")
+    with warnings.catch_warnings():
+        # TFP's variational layers call the deprecated ``add_variable``; nothing to act on.
+        warnings.filterwarnings("ignore", message=".*add_variable.* is deprecated")
+        return _build_layers(input_shape, num_classes, convs, hidden, normalize, trunk,
+                             prior_scale, num_train_examples, posterior_scale_init, dropout,
+                             activation, name)
+
+
+def _build_layers(input_shape, num_classes, convs, hidden, normalize, trunk, prior_scale,
+                  num_train_examples, posterior_scale_init, dropout, activation, name):
     tfk, tfp = _tfk(), _tfp()
     L = tfk.layers
     kw = lambda: _variational_kwargs(  # noqa: E731 - a fresh posterior initializer per layer

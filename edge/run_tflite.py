@@ -281,11 +281,6 @@ class Model:
                         "has no entry with role member_probabilities")
         return outputs[0]
 
-    @property
-    def runtime_input(self) -> str:
-        """The input the model takes, in words: ``uint8`` or ``float32``."""
-        return self.input_dtype.name
-
     def prepare(self, rgb):
         """A (1, H, W, 3) input tensor from a uint8 RGB (h, w, 3) image."""
         np = self.np

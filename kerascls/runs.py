@@ -67,6 +67,9 @@ class Run:
         import keras
 
         import kerascls.layers  # noqa: F401 - registers custom layers for deserialization
+        from kerascls.registry import list_models
+
+        list_models()  # imports every family, registering its custom layers (ShortcutA, ...)
 
         path = self.path / MODEL_FILE
         if not path.is_file():

@@ -395,6 +395,7 @@ def _check_not_constant(probs: np.ndarray, reference: np.ndarray, variant: str) 
 
 
 def _tensor_entry(detail: dict) -> dict:
+    """One tensor of an interpreter as the sidecar lists it: name, dtype, shape, quantization."""
     scale, zero_point = detail["quantization"]
     return {
         "name": detail["name"],

@@ -60,7 +60,8 @@ def train_and_evaluate(flags, mode, args, root: Path) -> dict:
     run = load_run(run_dir)
     splits = run.dataset()
     row = {"run_dir": str(run_dir), "train_seconds": round(seconds, 1),
-           "temperature": run.temperature, "ood": {}}
+           "temperature": run.temperature, "calibration": run.metadata.get("calibration"),
+           "ood": {}}
     for ood in OOD_SETS:
         m = evaluate_run(run, splits=splits, mc_dropout=mode == "mc_dropout", ood=ood,
                          out_dir=run_dir / f"eval-{ood}")
@@ -107,8 +108,13 @@ def main(argv=None) -> int:
     bnn, det = rows["bnn_cnn (Flipout trunk)"], rows["lenet (deterministic)"]
     print(f"\nBNN - deterministic accuracy: {100 * (bnn['accuracy'] - det['accuracy']):+.2f} pp")
     before = det["uncalibrated"]["ece"] if det["uncalibrated"] else det["ece"]
-    print(f"deterministic ECE: {before:.4f} before, {det['ece']:.4f} after temperature scaling "
-          f"(T = {det['temperature']:.3f})")
+    cal = det["calibration"]
+    print(f"deterministic CNN, temperature scaling (T = {det['temperature']:.3f}, fitted on "
+          f"{cal['num_examples']} validation images):")
+    print(f"  validation ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, NLL "
+          f"{cal['nll_before']:.4f} -> {cal['nll_after']:.4f}")
+    print(f"  test ECE       {before:.4f} -> {det['ece']:.4f}, NLL "
+          f"{(det['uncalibrated'] or det)['nll']:.4f} -> {det['nll']:.4f}")
     out = root / "uncertainty_digits.json"
     out.write_text(json.dumps({"args": vars(args), "models": rows}, indent=2) + "\n")
     print(f"figures: {out}")

@@ -132,8 +132,9 @@ def run_config(spec: dict, workers: int = 0, timeout: int = 1800) -> dict:
 
 
 def plan(args) -> list[tuple[dict, int]]:
-    base = dict(model=args.model, image_size=32, images=args.images, batch=args.batch_size,
-                epochs=args.epochs, device="cpu", mixed_precision="off", cpu_devices=0)
+    base = {"model": args.model, "image_size": 32, "images": args.images,
+            "batch": args.batch_size, "epochs": args.epochs, "device": "cpu",
+            "mixed_precision": "off", "cpu_devices": 0}
     runs = [] if args.skip_cpu else [
         (dict(base, label="CPU, 1 device", strategy="none"), 0),
         (dict(base, label="CPU, 2 logical devices", strategy="mirrored", cpu_devices=2), 0),
@@ -150,11 +151,14 @@ def plan(args) -> list[tuple[dict, int]]:
 
 def report(rows: list[dict], out: Path | None) -> None:
     print(f"{'configuration':<24} {'model':<9} {'img/s':>9} {'s/epoch':>8} {'images':>7} "
-          f"{'batch':>5} {'replicas':>8} {'xla':>4}  device")
+          f"{'batch':>5} {'replicas':>8} {'xla':>4} {'load':>5}  device")
     for r in rows:
         print(f"{r['label']:<24} {r['model']:<9} {r['images_per_s']:9.0f} "
               f"{r['seconds_per_epoch']:8.2f} {r['images_per_epoch']:7d} {r['batch_size']:5d} "
-              f"{r['replicas']:8d} {str(r['jit_compile'])[0]:>4}  {', '.join(r['device_names'])}")
+              f"{r['replicas']:8d} {str(r['jit_compile'])[0]:>4} "
+              f"{r.get('load_average_before', float('nan')):5.1f}  {', '.join(r['device_names'])}")
+    print("load: the 1-minute load average when the configuration started (other processes "
+          "on the machine slow every figure alike)")
     if out is None:
         return
     import matplotlib
@@ -183,7 +187,7 @@ def report(rows: list[dict], out: Path | None) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20", help="model for the CPU figures")
-    p.add_argument("--images", type=int, default=2048, help="images per CPU epoch")
+    p.add_argument("--images", type=int, default=1024, help="images per CPU epoch")
     p.add_argument("--batch-size", type=int, default=128, help="global batch, CPU figures")
     p.add_argument("--epochs", type=int, default=2, help="timed CPU epochs (after one warm-up)")
     p.add_argument("--gpu", action="store_true", help="also run ResNet-20 on the GPU")
@@ -200,7 +204,10 @@ def main() -> int:
     rows = []
     for spec, workers in plan(args):
         print(f"running {spec['label']} ...", file=sys.stderr, flush=True)
+        load = os.getloadavg()[0]
         rows.append(run_config(spec, workers))
+        rows[-1]["load_average_before"] = round(load, 2)
+        rows[-1]["load_average_after"] = round(os.getloadavg()[0], 2)
     print(f"\n{os.cpu_count()} CPU cores; synthetic 32x32 RGB, 10 classes; one untimed warm-up "
           f"epoch; images/s counts all replicas and workers together")
     report(rows, args.out)

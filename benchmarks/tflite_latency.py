@@ -85,10 +85,10 @@ def wall(cmd: list[str], repeat: int, env=None) -> float:
 
 KERAS_SCRIPT = """
 import sys
-import numpy as np, keras, tensorflow as tf
+import numpy as np, tensorflow as tf
 from PIL import Image
-import kerascls.layers
-model = keras.saving.load_model(sys.argv[1], compile=False)
+from kerascls.runs import load_run
+model = load_run(sys.argv[1]).deployable()
 size = model.input_shape[1:3]
 x = np.asarray(Image.open(sys.argv[2]).convert("RGB"), np.float32)[None]
 x = tf.image.resize(x, size, method="bilinear", antialias=False)
@@ -171,8 +171,8 @@ def main(argv=None) -> int:
                              "tensorflow"], max(1, args.cold_repeats // 2))
         script = Path(tmp) / "keras_predict.py"
         script.write_text(KERAS_SCRIPT)
-        cold_keras = wall([sys.executable, str(script), str(run_dir / "model.keras"),
-                           str(images[0])], max(1, args.cold_repeats // 2))
+        cold_keras = wall([sys.executable, str(script), str(run_dir), str(images[0])],
+                          max(1, args.cold_repeats // 2))
         results["cold_start_s"] = {"runner_ai_edge_litert_float32": cold["float32"],
                                    "runner_ai_edge_litert_int8": cold["int8"],
                                    "runner_tensorflow_lite_float32": cold_tf_lite,
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
         print(f"  run_tflite.py, ai_edge_litert, float32: {cold['float32']:.3f} s; int8: "
               f"{cold['int8']:.3f} s (target < 1 s)")
         print(f"  run_tflite.py --runtime tensorflow:      {cold_tf_lite:.3f} s")
-        print(f"  Keras: load model.keras and predict:     {cold_keras:.3f} s")
+        print(f"  Keras: load the run's model and predict: {cold_keras:.3f} s")
 
         print("\nrunner per-image overhead (end-to-end per image vs invoke() alone, 1 thread):")
         results["overhead"] = {}

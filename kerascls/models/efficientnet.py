@@ -78,6 +78,11 @@ NATIVE_SIZE = {name: r for name, (_, _, r, _) in COEFFICIENTS.items()}
 MIN_SIZE = 8  # total stride with the CIFAR stem
 
 
+# keras.applications' initializer for EfficientNet convolutions (He, fan-out, truncated normal).
+CONV_INIT = {"class_name": "VarianceScaling",
+             "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
+
+
 def compound_coefficients(phi: float) -> tuple[float, float, int]:
     """(width, depth, resolution) of compound scaling: beta^phi, alpha^phi, 224 gamma^phi.
 
@@ -89,7 +94,7 @@ def compound_coefficients(phi: float) -> tuple[float, float, int]:
     """
     width = round(BETA ** phi, 6)
     depth = round(ALPHA ** phi, 6)
-    resolution = int(round(BASE_RESOLUTION * GAMMA ** phi / 8.0)) * 8
+    resolution = round(BASE_RESOLUTION * GAMMA ** phi / 8.0) * 8
     return width, depth, resolution
 
 
@@ -120,11 +125,6 @@ def mbconv(x, *, filters_in, filters_out, kernel, stride, expand_ratio, drop_rat
             x = DropPath(drop_rate, name=f"{name}drop")(x)
         x = layers.Add(name=f"{name}add")([x, inputs])
     return x
-
-
-# keras.applications' initializer for EfficientNet convolutions (He, fan-out, truncated normal).
-CONV_INIT = {"class_name": "VarianceScaling",
-             "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
 
 
 def efficientnet_features(x, *, width, depth, drop_path_rate, stem, standardize):

@@ -18,7 +18,8 @@ def test_kernel_sums_match_what_they_do():
         assert sums[name] == pytest.approx(1.0)
     identity5 = np.zeros((5, 5))
     identity5[2, 2] = 1.0
-    np.testing.assert_allclose(KERNELS["unsharp_5x5"][0], 2 * identity5 - KERNELS["gaussian_5x5"][0])
+    np.testing.assert_allclose(KERNELS["unsharp_5x5"][0],
+                               2 * identity5 - KERNELS["gaussian_5x5"][0])
     np.testing.assert_allclose(KERNELS["sharpen"][0], KERNELS["identity"][0] + KERNELS["ridge"][0])
 
 

@@ -212,3 +212,19 @@ def test_cli_bad_input_gives_one_line_errors(sentiment_run, tmp_path, capsys, mo
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     _one_line_error(capsys, main([str(sentiment_run), str(img)]), "TensorFlow Keras backend")
+
+
+def test_cli_on_the_jax_backend_says_it_needs_tensorflow(sentiment_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    img = tmp_path / "x.png"
+    _write_png(img, np.full((8, 8, 3), 200.0))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "kerascls.explain", str(sentiment_run), str(img)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "TensorFlow Keras backend" in err[0] and "jax" in err[0], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,16 +1,16 @@
 """The shared model harness: every registered Keras 3 model is checked the same way.
 
 In the test process (TensorFlow backend) :func:`check_model` builds a model at a small size,
-runs a forward pass (right shape, no NaN), one training step, a ``get_config`` /
-``from_config`` round trip and a ``.keras`` save/load with matching outputs.
+runs a forward pass (right shape, no NaN), a ``.keras`` save/load (the ``get_config`` /
+``from_config`` round trip, matching outputs) and one training step.
 
 Keras fixes its backend per process, so the other backends run this file as a script::
 
     KERAS_BACKEND=jax python tests/harness.py train-step
     KERAS_BACKEND=torch python tests/harness.py train-step resnet20 mobilenet_v2
 
-which builds each model, runs a forward pass and one training step, and prints one JSON line
-per model (``{"model", "backend", "ok", "error", "seconds"}``).
+which builds each model, runs one training step (finite loss, finite weights, moved logits)
+and prints one JSON line per model (``{"model", "backend", "ok", "error", "seconds"}``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,44 @@ def zoo_models() -> list[str]:
     from kerascls.registry import get_spec, list_models
 
     return [n for n in list_models() if get_spec(n).framework == "keras"]
+
+
+def _size_key(value) -> float:
+    """Sum of the numbers in a builder option (depths, widths...): a proxy for model size."""
+    if isinstance(value, (bool, str)):
+        return 0.0
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (tuple, list)):
+        return sum(_size_key(v) for v in value)
+    return 0.0
+
+
+def smallest_per_family(names) -> list[str]:
+    """The smallest registered variant of each family (by the sizes in its builder options)."""
+    from kerascls.registry import get_spec
+
+    best: dict[str, tuple] = {}
+    for name in names:
+        spec = get_spec(name)
+        builder = getattr(spec.builder, "__wrapped__", spec.builder)
+        options = {k: v for k, v in getattr(builder, "keywords", {}).items() if k != "name"}
+        key = (sum(_size_key(v) for v in options.values()), name)
+        if spec.family not in best or key < best[spec.family]:
+            best[spec.family] = key
+    return sorted(name for _, name in best.values())
+
+
+def backend_models(backend: str, names) -> list[str]:
+    """The models whose training step runs on ``backend`` in the backends test.
+
+    JAX compiles the whole training step of every model, 5-80 CPU-seconds per zoo model, so it
+    trains the smallest model of each family (all of them with ``KERASCLS_ALL_JAX_MODELS=1``);
+    PyTorch runs eagerly and trains every model.
+    """
+    if backend == "jax" and os.environ.get("KERASCLS_ALL_JAX_MODELS") != "1":
+        return smallest_per_family(names)
+    return list(names)
 
 
 def small_size(name: str) -> int:
@@ -79,8 +117,10 @@ def train_step(model, x, y) -> float:
     import keras
     import numpy as np
 
+    # Eager on TensorFlow (tracing a 500-layer graph costs more than one eager step); compiled
+    # on JAX, where eager execution compiles every operation separately.
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="categorical_crossentropy",
-                  run_eagerly=keras.backend.backend() != "torch")
+                  run_eagerly=keras.backend.backend() == "tensorflow")
     before = keras.ops.convert_to_numpy(model.get_layer("logits").kernel).copy()
     logs = model.train_on_batch(x, y, return_dict=True)
     loss = float(logs["loss"])
@@ -90,40 +130,47 @@ def train_step(model, x, y) -> float:
     return loss
 
 
-def check_config_round_trip(model, x) -> None:
-    """``from_config(get_config())`` gives the same architecture and, with the weights, outputs."""
-    import keras
-    import numpy as np
-
-    clone = keras.Model.from_config(model.get_config())
-    assert [layer.name for layer in clone.layers] == [layer.name for layer in model.layers]
-    assert clone.count_params() == model.count_params()
-    clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(forward(clone, x), forward(model, x), rtol=1e-5, atol=1e-6)
-
-
 def check_save_load(model, x, path) -> None:
-    """``.keras`` save and load reproduce the outputs."""
+    """``.keras`` save and load: the configuration round-trips and the outputs match.
+
+    Loading rebuilds the model with ``keras.Model.from_config`` from the saved ``get_config()``,
+    so comparing the configurations checks the config round trip without a third build.
+    """
     import keras
     import numpy as np
 
     model.save(path)
     loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(model)
+    assert loaded.get_config() == model.get_config(), "get_config/from_config do not round-trip"
+    assert [w.shape for w in loaded.weights] == [w.shape for w in model.weights]
     np.testing.assert_allclose(forward(loaded, x), forward(model, x), rtol=1e-5, atol=1e-6)
 
 
+def check_weights_finite(model) -> None:
+    import keras
+    import numpy as np
+
+    for w in model.weights:
+        assert np.isfinite(keras.ops.convert_to_numpy(w)).all(), f"{w.path} is not finite"
+
+
 def check_model(name: str, tmp_dir) -> None:
-    """Every check, in the current process (TensorFlow in the test run)."""
+    """Every check, in the current process (TensorFlow in the test run).
+
+    The training step comes last: at the harness's tiny input a batch-norm layer sees a 1x1 map
+    of two images, so one step can move the weights far; the step is checked for a finite loss,
+    finite weights and moved logits, not for sensible predictions afterwards.
+    """
     model, x, y = build_small(name)
     check_forward(model, x)
-    check_config_round_trip(model, x)
     check_save_load(model, x, os.path.join(os.fspath(tmp_dir), f"{name}.keras"))
     train_step(model, x, y)
-    check_forward(model, x)
+    check_weights_finite(model)
 
 
 def run_train_steps(names) -> list[dict]:
-    """Build, forward and one training step per model on this process's backend."""
+    """Build and one training step per model on this process's backend."""
     import keras
 
     results = []
@@ -132,8 +179,8 @@ def run_train_steps(names) -> list[dict]:
         row = {"model": name, "backend": keras.backend.backend(), "ok": True, "error": ""}
         try:
             model, x, y = build_small(name)
-            check_forward(model, x)
             train_step(model, x, y)
+            check_weights_finite(model)
             del model
         except Exception as exc:  # noqa: BLE001 - reported per model to the test
             row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).strip()[:500]}")

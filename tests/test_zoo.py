@@ -2,8 +2,10 @@
 
 * ``test_harness``: each registered Keras 3 model at its smallest input on TensorFlow (forward,
   training step, config round trip, ``.keras`` save/load).
-* ``test_train_step_on_backend`` (marker ``backends``): one training step per model on JAX and
-  PyTorch, each backend in one subprocess looping over all models (the two run side by side).
+* ``test_train_step_on_backend`` (marker ``backends``): one training step per model on PyTorch
+  (every model) and JAX (the smallest model of each family, since JAX compiles each model's
+  whole training step; ``KERASCLS_ALL_JAX_MODELS=1`` trains all of them), each backend in one
+  subprocess looping over its models, started with the module so it runs beside the tests.
 * ``fullsize`` tests: ImageNet-size parameter counts equal ``keras.applications`` (computed
   here) or the count the paper / torchvision / timm give.
 """
@@ -21,8 +23,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from harness import backend_models, check_model, zoo_models
 
-from harness import check_model, zoo_models
 from kerascls.errors import UserError
 from kerascls.registry import build_model, get_spec
 from kerascls.transfer import REFERENCES
@@ -32,6 +34,7 @@ ZOO_FAMILIES = ("vgg", "resnet", "inception", "densenet", "mobilenet", "efficien
 ZOO = [n for n in MODELS if get_spec(n).family in ZOO_FAMILIES]
 HARNESS = Path(__file__).with_name("harness.py")
 OTHER_BACKENDS = ("jax", "torch")
+JAX_XLA_FLAGS = " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _trainable(model) -> int:
@@ -53,33 +56,58 @@ def test_harness(name, tmp_path):
     check_model(name, tmp_path)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def backend_processes(request, tmp_path_factory):
+    """Start the JAX and PyTorch train-step loops when the module starts, if they are selected.
+
+    They run side by side with each other and with the TensorFlow harness tests; their results
+    are collected by :func:`backend_results` at the end of the module.
+    """
+    if not any(item.get_closest_marker("backends") for item in request.session.items):
+        yield {}
+        return
+    logs = tmp_path_factory.mktemp("backends")
+    procs = {}
+    for backend in OTHER_BACKENDS:
+        out = open(logs / f"{backend}.out", "w+")  # noqa: SIM115 - closed below
+        err = open(logs / f"{backend}.err", "w+")  # noqa: SIM115 - closed below
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if backend == "jax":
+            # One training step compiles once; XLA's expensive optimizations would only slow it.
+            env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + JAX_XLA_FLAGS).strip()
+        proc = subprocess.Popen([sys.executable, str(HARNESS), "train-step",
+                                 *backend_models(backend, MODELS)], env=env,
+                                stdout=out, stderr=err, text=True, cwd=HARNESS.parent.parent)
+        procs[backend] = (proc, out, err)
+    yield procs
+    for proc, out, err in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+        err.close()
+
+
 @pytest.fixture(scope="module")
-def backend_results():
-    """Run the harness's train-step loop on JAX and PyTorch at the same time, one process each."""
-    procs = {
-        backend: subprocess.Popen(
-            [sys.executable, str(HARNESS), "train-step", *MODELS],
-            env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=HARNESS.parent.parent,
-        )
-        for backend in OTHER_BACKENDS
-    }
+def backend_results(backend_processes):
+    """``{backend: (rows by model, exit status, end of stderr)}`` once both loops finish."""
     results = {}
-    for backend, proc in procs.items():
-        out, err = proc.communicate(timeout=1800)
+    for backend, (proc, out, err) in backend_processes.items():
+        proc.wait(timeout=3600)
+        out.seek(0)
+        err.seek(0)
         rows = {}
-        for line in out.splitlines():
+        for line in out.read().splitlines():
             if line.startswith("{"):
                 row = json.loads(line)
                 rows[row["model"]] = row
-        results[backend] = (rows, proc.returncode, err.strip()[-1500:])
+        results[backend] = (rows, proc.returncode, err.read().strip()[-1500:])
     return results
 
 
 @pytest.mark.backends
-@pytest.mark.parametrize("backend", OTHER_BACKENDS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("backend,name", [(b, n) for b in OTHER_BACKENDS
+                                          for n in backend_models(b, MODELS)])
 def test_train_step_on_backend(backend_results, backend, name):
     rows, returncode, stderr = backend_results[backend]
     assert name in rows, f"{backend} process (exit {returncode}) did not reach {name}: {stderr}"

@@ -453,12 +453,33 @@ def test_notebook_runs_with_a_small_budget(tmp_path):
     from nbclient import NotebookClient
 
     nb = nbformat.read(REPO / "notebooks" / "bnn_uncertainty.ipynb", as_version=4)
-    params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(params) == 1
-    params[0].source = (f"EPOCHS = 2\nIMAGE_SIZE = 16\nMC_SAMPLES = 5\nMEMBERS = 3\n"
-                        f"OOD_SETS = ['noise']\nOUTPUT_DIR = {str(tmp_path / 'runs')!r}\n")
+    index = [i for i, c in enumerate(nb.cells)
+             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(index) == 1 and 'BUDGET = "full"' in nb.cells[index[0]].source
+    # like papermill: a cell after the parameters overrides them
+    nb.cells.insert(index[0] + 1, nbformat.v4.new_code_cell(
+        f'BUDGET = "ci"\nOUT = {str(tmp_path / "runs")!r}',
+        metadata={"tags": ["injected-parameters"]}))
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not any(o.get("output_type") == "error" for o in outputs)
     assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_committed_notebook_holds_the_outputs_of_a_full_run():
+    import nbformat
+
+    nb = nbformat.read(REPO / "notebooks" / "bnn_uncertainty.ipynb", as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and 'BUDGET = "full"' in params[0].source
+    counts = [c.execution_count for c in cells]
+    assert all(counts) and counts == sorted(counts), "run top to bottom in one kernel"
+    outputs = [o for c in cells for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "OOD AUROC" in text and "mutual_information" in text
+    for c in cells:  # the library holds the logic
+        assert not any(line.startswith(("def ", "class ")) for line in c.source.splitlines())

@@ -247,8 +247,8 @@ class Placement:
     global_batch: int
     lr_scaling: str
     lr_base_batch: int
-    learning_rate: float
-    lr_factor: float
+    learning_rate: float = 0.0
+    lr_factor: float = 1.0
     cluster: Cluster | None = None
     strategy: Any = None
     keras_distribution: Any = None
@@ -477,8 +477,7 @@ def _setup_tensorflow(t, cluster: Cluster | None) -> Placement:
     else:
         names = [_cpu_name()]
     return Placement("tensorflow", t.strategy, t.device, kind, devices, names, t.mixed_precision,
-                     t.batch_size, t.lr_scaling, t.lr_base_batch, t.learning_rate, 1.0,
-                     strategy=strategy)
+                     t.batch_size, t.lr_scaling, t.lr_base_batch, strategy=strategy)
 
 
 def _setup_jax(t) -> Placement:
@@ -525,7 +524,7 @@ def _setup_jax(t) -> Placement:
         else [_cpu_name()]
     return Placement("jax", t.strategy, t.device, kind, [str(d) for d in devices], names,
                      t.mixed_precision, t.batch_size, t.lr_scaling, t.lr_base_batch,
-                     t.learning_rate, 1.0, keras_distribution=distribution)
+                     keras_distribution=distribution)
 
 
 def _setup_torch(t) -> Placement:
@@ -546,7 +545,7 @@ def _setup_torch(t) -> Placement:
     names = [torch.cuda.get_device_name(0)] if use_gpu else [_cpu_name()]
     return Placement("torch", t.strategy, t.device, "GPU" if use_gpu else "CPU",
                      ["cuda:0" if use_gpu else "cpu"], names, t.mixed_precision, t.batch_size,
-                     t.lr_scaling, t.lr_base_batch, t.learning_rate, 1.0)
+                     t.lr_scaling, t.lr_base_batch)
 
 
 # -- resuming several workers ---------------------------------------------------------------------

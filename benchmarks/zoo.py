@@ -18,25 +18,16 @@ import argparse
 import datetime
 import gc
 import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from kerascls.distribute import cpu_name
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _free() -> None:
@@ -114,7 +105,11 @@ def render(rows: list[dict], meta: dict) -> str:
          f"Keras {meta['keras']} on TensorFlow {meta['tensorflow']}, Adam, batch "
          f"{meta['batch_size']}, timed after a warm-up step that compiles the training "
          "function."),
-        f"- Measured {meta['date']}.",
+        (f"- Measured {meta['date']} on a machine shared with other jobs: 1-minute load average "
+         f"{meta['load_start']:.1f} at the start, {meta['load_end']:.1f} at the end (2 cores would "
+         "be a load of 2), so the throughput column is a lower bound and its ratios matter more "
+         "than its values." if meta["load_start"] > meta["cores"] or meta["load_end"] > meta["cores"]
+         else f"- Measured {meta['date']}."),
         "",
         ("| model | family | params 224 / 1000 | params 32 / 10 | MACs 32x32 | MACs 224x224 "
          "| train img/s 32x32 |"),
@@ -150,6 +145,7 @@ def main(argv=None) -> int:
     if not names:
         print(f"error: no Keras 3 model matches '{args.models}'", file=sys.stderr)
         return 2
+    load_start = os.getloadavg()[0]
     rows = []
     for name in tqdm(names, unit="model", file=sys.stderr):
         big = measure_static(name, 224, 1000)
@@ -162,9 +158,10 @@ def main(argv=None) -> int:
         tqdm.write(f"{name:20s} params {big['params']:>12,}  MACs@32 {_fmt_macs(small['macs']):>9}"
                    f"  MACs@224 {_fmt_macs(big['macs']):>9}  train@32 {ips:8.1f} img/s",
                    file=sys.stderr)
-    meta = {"cpu": _cpu_name(), "cores": os.cpu_count(), "keras": keras.__version__,
+    meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "keras": keras.__version__,
             "tensorflow": tf.__version__, "batch_size": args.batch_size,
-            "date": datetime.date.today().isoformat()}
+            "date": datetime.date.today().isoformat(), "load_start": load_start,
+            "load_end": os.getloadavg()[0]}
     atomic_write_text(args.output, render(rows, meta))
     print(f"wrote {args.output} ({len(rows)} models)")
     return 0

@@ -217,7 +217,7 @@ def current_backend() -> str:
     return name or "tensorflow"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -475,7 +475,7 @@ def _setup_tensorflow(t, cluster: Cluster | None) -> Placement:
             details = tf.config.experimental.get_device_details(gpu)
             names.append(details.get("device_name", gpu.name))
     else:
-        names = [_cpu_name()]
+        names = [cpu_name()]
     return Placement("tensorflow", t.strategy, t.device, kind, devices, names, t.mixed_precision,
                      t.batch_size, t.lr_scaling, t.lr_base_batch, strategy=strategy)
 
@@ -521,7 +521,7 @@ def _setup_jax(t) -> Placement:
         devices = devices[:1]
     kind = "GPU" if use_gpu else "CPU"
     names = sorted({getattr(d, "device_kind", str(d)) for d in devices}) if use_gpu \
-        else [_cpu_name()]
+        else [cpu_name()]
     return Placement("jax", t.strategy, t.device, kind, [str(d) for d in devices], names,
                      t.mixed_precision, t.batch_size, t.lr_scaling, t.lr_base_batch,
                      keras_distribution=distribution)
@@ -542,7 +542,7 @@ def _setup_torch(t) -> Placement:
             raise UserError(f"--device {t.device} must be chosen before Keras is imported; "
                             f"run python -m kerascls.train in a fresh process")
     use_gpu = wanted == "cuda" or (wanted is None and has_cuda)
-    names = [torch.cuda.get_device_name(0)] if use_gpu else [_cpu_name()]
+    names = [torch.cuda.get_device_name(0)] if use_gpu else [cpu_name()]
     return Placement("torch", t.strategy, t.device, "GPU" if use_gpu else "CPU",
                      ["cuda:0" if use_gpu else "cpu"], names, t.mixed_precision, t.batch_size,
                      t.lr_scaling, t.lr_base_batch)

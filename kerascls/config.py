@@ -56,6 +56,10 @@ class ModelConfig:
     dropout: float = _field(0.0, "dropout before the classifier")
     pretrained: str = _field("", "ImageNet weights file compatible with keras.applications")
     freeze_backbone: bool = _field(False, "train the head first, then fine-tune everything")
+    bn_momentum: float = _field(0.9, "momentum of every batch-norm layer's moving statistics "
+                                "(0.9 tracks the weights within an epoch on small datasets; the "
+                                "architectures' own 0.99/0.999 suit long ImageNet schedules); 0 "
+                                "keeps each architecture's own")
     prior_scale: float = _field(1.0, "Bayesian models: sigma of the N(0, sigma^2) weight prior")
     bnn_trunk: str = _field("flipout", "bnn_cnn: Flipout or deterministic convolutions under "
                             "the Flipout head", ("flipout", "deterministic"))
@@ -75,6 +79,10 @@ class TrainConfig:
     step_gamma: float = _field(0.1, "step schedule: decay factor")
     label_smoothing: float = _field(0.0, "label smoothing")
     early_stopping: int = _field(0, "patience in epochs on val_loss; 0 disables")
+    bn_recalibration: int = _field(
+        50, "re-estimate batch-norm statistics over up to N batches of training images at each "
+        "epoch end before validating, and once more on the saved model (kept when validation "
+        "loss does not get worse); 0 disables")
     seed: int = _field(42, "random seed for data splits, initialization and shuffling")
     output_dir: str = _field("runs", "parent directory of run directories")
     run_name: str = _field("", "run directory name; default <model>-<dataset>")
@@ -105,6 +113,8 @@ class ExportConfig:
                           "comma-separated export formats; empty to skip")
     models_dir: str = _field("", "base directory for SavedModel versions; default RUN_DIR/models")
     representative_size: int = _field(300, "int8: class-stratified representative images")
+    ensemble_members: int = _field(10, "Bayesian runs: posterior samples in each TFLite "
+                                   "ensemble")
 
 
 @dataclasses.dataclass
@@ -280,6 +290,15 @@ def validate(cfg: Config) -> None:
         raise UserError(f"--label-smoothing must be in [0, 1). Received: {t.label_smoothing}")
     if not 0 <= cfg.model.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1). Received: {cfg.model.dropout}")
+    if not 0 <= cfg.model.bn_momentum < 1:
+        raise UserError(f"--bn-momentum must be in [0, 1) (0 keeps each architecture's own). "
+                        f"Received: {cfg.model.bn_momentum}")
+    if cfg.export.ensemble_members < 2:
+        raise UserError(f"--ensemble-members must be at least 2. "
+                        f"Received: {cfg.export.ensemble_members}")
+    if cfg.train.bn_recalibration < 0:
+        raise UserError(f"--bn-recalibration must be >= 0 (0 disables). "
+                        f"Received: {cfg.train.bn_recalibration}")
     for frac_name in ("val_fraction", "test_fraction"):
         v = getattr(d, frac_name)
         if not 0 < v < 0.5:

@@ -134,6 +134,31 @@ class StopOnNaN:
         return _StopOnNaN()
 
 
+def precise_bn_callback(images: np.ndarray, val_ds, batch_size: int, max_batches: int,
+                        seed: int):
+    """A callback that re-estimates batch-norm statistics at each epoch end, then re-validates.
+
+    Keras validates with the moving averages, which lag the weights; on a small dataset with a
+    handful of steps per epoch they can be far enough off that validation sits at chance while
+    training accuracy climbs, and the best-``val_loss`` checkpoint is chosen from noise. Placed
+    first among the callbacks, this one replaces ``val_*`` in the epoch's logs, so the
+    checkpoint, the CSV log, TensorBoard and the progress bar all see the re-validated figures.
+    """
+    import keras
+
+    class _PreciseBatchNorm(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None or "val_loss" not in logs or not batch_norm_layers(self.model):
+                return
+            recalibrate_batch_norm(self.model, images, batch_size, max_batches,
+                                   seed=seed + epoch)
+            result = self.model.evaluate(val_ds, verbose=0, return_dict=True)
+            for key, value in result.items():
+                logs[f"val_{key}"] = value
+
+    return _PreciseBatchNorm()
+
+
 def _read_history(path: Path) -> dict[str, list[float]]:
     if not path.is_file():
         return {}
@@ -175,6 +200,9 @@ def _fit_keras(cfg: Config, splits, run_dir: Path, image_size: int) -> dict[str,
         from kerascls.transfer import load_pretrained
 
         load_pretrained(model, cfg.model.pretrained)
+    if cfg.model.bn_momentum > 0:
+        for bn in batch_norm_layers(model):
+            bn.momentum = cfg.model.bn_momentum
 
     backup = run_dir / "backup"
     meta = backup / "training_metadata.json"
@@ -192,8 +220,12 @@ def _fit_keras(cfg: Config, splits, run_dir: Path, image_size: int) -> dict[str,
         prev = _read_history(run_dir / "history.csv").get("val_loss")
         if prev:
             ckpt.best = min(prev)
-        cbs = [
+        cbs = [ckpt] if not precise else [
+            precise_bn_callback(splits.x_train, val_ds, t.batch_size, t.bn_recalibration,
+                                t.seed),
             ckpt,
+        ]
+        cbs += [
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
             keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
             nan_cb,
@@ -206,6 +238,9 @@ def _fit_keras(cfg: Config, splits, run_dir: Path, image_size: int) -> dict[str,
         return cbs
 
     nan_cb = StopOnNaN.make()
+    # Per-epoch batch-norm re-estimation runs eagerly on one device; distributed runs get it
+    # once, on the saved model, after training.
+    precise = t.bn_recalibration > 0 and t.strategy == "none" and len(splits.x_val) > 0
     phases = []
     if cfg.model.freeze_backbone:
         from kerascls.transfer import set_backbone_trainable
@@ -242,6 +277,94 @@ def _fit_keras(cfg: Config, splits, run_dir: Path, image_size: int) -> dict[str,
     return _read_history(run_dir / "history.csv")
 
 
+def batch_norm_layers(layer) -> list:
+    """Every ``BatchNormalization`` layer in ``layer``, nested models included."""
+    import keras
+
+    found = []
+    for sub in getattr(layer, "layers", []):
+        if isinstance(sub, keras.layers.BatchNormalization):
+            found.append(sub)
+        else:
+            found.extend(batch_norm_layers(sub))
+    return found
+
+
+def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int, max_batches: int,
+                           seed: int = 0) -> int:
+    """Re-estimate every batch-norm layer's moving mean and variance for the current weights.
+
+    Keras keeps exponential moving averages (momentum 0.99, 0.999 in the MobileNets), which
+    after a short training run still carry much of their initial values and of early-epoch
+    statistics. Here each layer's moving statistics become the plain average of the batch
+    statistics over up to ``max_batches`` shuffled training batches ("precise BN"): the momentum
+    of batch ``k`` is ``(k - 1) / k``. Only the moving statistics change. Returns the number of
+    batches used.
+    """
+    import keras
+
+    layers = batch_norm_layers(model)
+    if not layers or len(images) == 0:
+        return 0
+    order = np.random.default_rng(seed).permutation(len(images))
+    batch = min(batch_size, len(images))
+    n = max(1, min(max_batches, len(images) // batch))
+    momenta = [bn.momentum for bn in layers]
+    # Only the batch-norm statistics may move: other state (dropout seeds aside) stays put.
+    before = {id(v): keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables}
+    keep = {id(v) for bn in layers for v in (bn.moving_mean, bn.moving_variance)}
+    try:
+        for k in range(1, n + 1):
+            for bn in layers:
+                bn.momentum = (k - 1) / k
+            idx = order[(k - 1) * batch:k * batch]
+            model(images[idx].astype("float32"), training=True)
+    finally:
+        for bn, m in zip(layers, momenta):
+            bn.momentum = m
+    for v in model.non_trainable_variables:
+        if id(v) not in keep:
+            v.assign(before[id(v)])
+    return n
+
+
+def _val_loss(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
+    probs = np.asarray(model.predict(x.astype("float32"), batch_size=batch_size, verbose=0),
+                       dtype="float64")
+    p = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
+def recalibrate_run(model_path: Path, splits, batch_size: int, max_batches: int,
+                    seed: int = 0) -> dict | None:
+    """Batch-norm recalibration of a saved run model, kept only if validation loss does not rise.
+
+    Returns what happened for the run's metadata, or ``None`` when the model has no batch norm.
+    """
+    import keras
+
+    from kerascls.fileio import atomic_path
+
+    model = keras.saving.load_model(model_path, compile=False)
+    if not batch_norm_layers(model):
+        return None
+    has_val = len(splits.x_val) > 0
+    loss_before = _val_loss(model, splits.x_val, splits.y_val, batch_size) if has_val else None
+    used = recalibrate_batch_norm(model, splits.x_train, batch_size, max_batches, seed=seed)
+    loss_after = _val_loss(model, splits.x_val, splits.y_val, batch_size) if has_val else None
+    kept = bool(used) and (not has_val or loss_after <= loss_before)
+    if kept:
+        with atomic_path(model_path, suffix=".keras") as tmp:
+            model.save(tmp)
+    fmt = (lambda v: "n/a" if v is None else f"{v:.4f}")
+    print(f"Batch-norm statistics re-estimated over {used} training batches: validation loss "
+          f"{fmt(loss_before)} -> {fmt(loss_after)}, "
+          f"{'kept' if kept else 'discarded (the training estimate was better)'}",
+          file=sys.stderr)
+    return {"batches": used, "val_loss_before": loss_before, "val_loss_after": loss_after,
+            "kept": kept}
+
+
 def _check_model_input(cfg: Config, image_size: int):
     from kerascls.registry import get_spec
 
@@ -265,6 +388,10 @@ def train(cfg: Config) -> Path:
     spec = get_spec(cfg.model.model)
     image_size = cfg.data.image_size or spec.default_size
     _check_model_input(cfg, image_size)
+    if spec.framework == "tf_keras":  # refuse a jax/torch backend before anything is written
+        from kerascls.models.bayesian import check_backend
+
+        check_backend(spec.name)
     d = cfg.data
     splits = load_dataset(d.dataset, image_size, seed=cfg.train.seed, val_fraction=d.val_fraction,
                           test_fraction=d.test_fraction, data_dir=d.data_dir,
@@ -286,6 +413,10 @@ def train(cfg: Config) -> Path:
             history = _fit_keras(cfg, splits, run_dir, image_size)
         placement.finish(run_dir / "model.keras")
     train_seconds = time.perf_counter() - t0
+    recalibration = None
+    if spec.framework == "keras" and cfg.train.bn_recalibration > 0:
+        recalibration = recalibrate_run(run_dir / "model.keras", splits, cfg.train.batch_size,
+                                        cfg.train.bn_recalibration, seed=cfg.train.seed)
 
     metadata = {
         "model_name": spec.name,
@@ -307,6 +438,8 @@ def train(cfg: Config) -> Path:
         "versions": _versions(),
         **placement.metadata(),
     }
+    if recalibration is not None:
+        metadata["bn_recalibration"] = recalibration
     atomic_write_json(run_dir / "metadata.json", metadata)
     from kerascls import plots
 
@@ -318,7 +451,9 @@ def train(cfg: Config) -> Path:
         from kerascls.export import export_run
 
         export_run(run_dir, cfg.export.formats, models_dir=cfg.export.models_dir or None,
-                   representative_size=cfg.export.representative_size)
+                   representative_size=cfg.export.representative_size,
+                   ensemble_members=(cfg.export.ensemble_members
+                                     if spec.framework == "tf_keras" else None))
     return run_dir
 
 

@@ -340,6 +340,26 @@ def test_tflite_refusals(bnn_run, tmp_path):
         B.export_tflite(run, tmp_path, "tflite-float32", members=0)
 
 
+def test_export_cli_ensemble_members(bnn_run, digits_run, tmp_path, capsys):
+    import shutil
+
+    from kerascls.export.__main__ import main
+
+    run_dir = tmp_path / "bnn"
+    shutil.copytree(bnn_run, run_dir)
+    assert main([str(run_dir), "--formats", "tflite-float32", "--ensemble-members", "3",
+                 "--no-report"]) == 0
+    sidecar = json.loads((run_dir / "tflite" / "bnn_cnn-float32.json").read_text())
+    assert sidecar["ensemble_members"] == 3
+    capsys.readouterr()
+    err = _one_line_error(capsys, main([str(run_dir), "--formats", "tflite-float32",
+                                        "--ensemble-members", "1", "--no-report"]))
+    assert "--ensemble-members must be an integer of at least 2. Received: 1" in err
+    err = _one_line_error(capsys, main([str(digits_run), "--formats", "tflite-float32",
+                                        "--ensemble-members", "3", "--no-report"]))
+    assert "--ensemble-members applies to Bayesian runs" in err
+
+
 # --------------------------------------------------------------------------------------------
 # evaluation: OOD, MC-dropout, temperature
 
@@ -421,6 +441,7 @@ def test_bnn_on_another_backend_is_refused(backend, tmp_path, capsys, monkeypatc
                  "--output-dir", str(tmp_path)])
     err = _one_line_error(capsys, code)
     assert f"bnn_cnn needs the tensorflow Keras backend; received KERAS_BACKEND={backend}" in err
+    assert list(tmp_path.iterdir()) == [], "a refused run left a run directory behind"
 
 
 def test_train_cli_rejects_zero_mc_samples(tmp_path, capsys):

@@ -147,3 +147,24 @@ def test_one_epoch_on_other_backends(backend, tmp_path):
     meta = json.loads((tmp_path / "lenet-digits" / "metadata.json").read_text())
     assert meta["backend"] == backend, out
     assert meta["metrics"]["accuracy"] > 0.3
+
+
+def test_batch_norm_recalibration_averages_the_batch_statistics():
+    import keras
+
+    from kerascls.train import batch_norm_layers, recalibrate_batch_norm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(50.0, 20.0, size=(96, 4, 4, 3)).astype("float32")
+    inputs = keras.Input((4, 4, 3))
+    inner = keras.Sequential([keras.layers.BatchNormalization(momentum=0.999)], name="inner")
+    model = keras.Model(inputs, inner(keras.layers.Dropout(0.0)(inputs)))
+    bn = batch_norm_layers(model)
+    assert len(bn) == 1 and bn[0].name in {layer.name for layer in inner.layers}
+    used = recalibrate_batch_norm(model, x, batch_size=32, max_batches=10, seed=1)
+    assert used == 3 and bn[0].momentum == 0.999
+    batches = x[np.random.default_rng(1).permutation(96)].reshape(3, 32, 4, 4, 3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn[0].moving_mean),
+                               x.mean(axis=(0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn[0].moving_variance),
+                               batches.var(axis=(1, 2, 3)).mean(axis=0), rtol=1e-3)

@@ -42,6 +42,14 @@ def export_format(run, name: str, out_dir: Path, **options) -> list[Path]:
     """Export one format; refuse options the format does not take."""
     path, allowed = FORMATS[name]
     given = {k: v for k, v in options.items() if v is not None}
+    members = given.pop("ensemble_members", None)
+    if members is not None:
+        if not run.is_bayesian:
+            raise UserError("--ensemble-members applies to Bayesian runs (their TFLite files are "
+                            f"posterior-sample ensembles); {run.path} is not one")
+        if isinstance(members, bool) or not isinstance(members, int) or members < 2:
+            raise UserError(f"--ensemble-members must be an integer of at least 2. "
+                            f"Received: {members!r}")
     bad = sorted(set(given) - set(allowed))
     if bad:
         raise UserError(f"format {name} does not take option(s) {', '.join(bad)}; "
@@ -49,12 +57,15 @@ def export_format(run, name: str, out_dir: Path, **options) -> list[Path]:
     if run.is_bayesian and name.startswith("tflite"):
         from kerascls.models import bayesian
 
+        if members is not None:
+            given["members"] = members
         return bayesian.export_tflite(run, out_dir, name, **given)
     return _resolve(path)(run, out_dir, **given)
 
 
 def export_run(run_dir, formats: str, *, models_dir=None, version=None,
-               representative_size=None, report: bool = True) -> dict[str, list[Path]]:
+               representative_size=None, ensemble_members=None,
+               report: bool = True) -> dict[str, list[Path]]:
     """Export ``run_dir`` in every format of ``formats`` and write the export report."""
     from kerascls.runs import load_run
 
@@ -67,7 +78,8 @@ def export_run(run_dir, formats: str, *, models_dir=None, version=None,
         allowed = FORMATS[name][1]
         opts = {k: v for k, v in offered.items() if k in allowed}
         out_dir = run.path / "tflite" if name.startswith("tflite") else run.path
-        artifacts[name] = export_format(run, name, out_dir, **opts)
+        artifacts[name] = export_format(run, name, out_dir, ensemble_members=ensemble_members,
+                                        **opts)
         for p in artifacts[name]:
             print(f"{name}: {p}")
     if report:

@@ -20,6 +20,8 @@ def build_parser():
     p.add_argument("--version", type=int, help="SavedModel version (default: next integer)")
     p.add_argument("--representative-size", type=int,
                    help="int8: number of class-stratified representative images (default 300)")
+    p.add_argument("--ensemble-members", type=int,
+                   help="Bayesian runs: posterior samples in the TFLite ensemble (default 10)")
     p.add_argument("--no-report", action="store_true", help="skip export_report.json/.md")
     return p
 
@@ -30,7 +32,8 @@ def main(argv=None) -> int:
     if args.version is not None and args.version <= 0:
         raise UserError(f"--version must be a positive integer. Received: {args.version}")
     export_run(args.run_dir, args.formats, models_dir=args.models_dir, version=args.version,
-               representative_size=args.representative_size, report=not args.no_report)
+               representative_size=args.representative_size,
+               ensemble_members=args.ensemble_members, report=not args.no_report)
     return 0
 
 

@@ -329,10 +329,9 @@ def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int, max_batch
 
 
 def _val_loss(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
-    probs = np.asarray(model.predict(x.astype("float32"), batch_size=batch_size, verbose=0),
-                       dtype="float64")
-    p = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
-    return float(-np.mean(np.log(p)))
+    from kerascls.uncertainty import nll
+
+    return nll(y, model.predict(x.astype("float32"), batch_size=batch_size, verbose=0))
 
 
 def recalibrate_run(model_path: Path, splits, batch_size: int, max_batches: int,
@@ -356,9 +355,9 @@ def recalibrate_run(model_path: Path, splits, batch_size: int, max_batches: int,
     if kept:
         with atomic_path(model_path, suffix=".keras") as tmp:
             model.save(tmp)
-    fmt = (lambda v: "n/a" if v is None else f"{v:.4f}")
+    before, after = ("n/a" if v is None else f"{v:.4f}" for v in (loss_before, loss_after))
     print(f"Batch-norm statistics re-estimated over {used} training batches: validation loss "
-          f"{fmt(loss_before)} -> {fmt(loss_after)}, "
+          f"{before} -> {after}, "
           f"{'kept' if kept else 'discarded (the training estimate was better)'}",
           file=sys.stderr)
     return {"batches": used, "val_loss_before": loss_before, "val_loss_after": loss_after,

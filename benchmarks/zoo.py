@@ -6,10 +6,13 @@ at 224x224, and CPU training throughput at 32x32 (images per second over timed s
 warm-up step that compiles the training function).
 
 Usage:
-    python benchmarks/zoo.py                       # every model, writes docs/zoo.md
+    python benchmarks/zoo.py                       # every model, writes docs/zoo.md and docs/zoo.json
     python benchmarks/zoo.py --models 'resnet*' --output /tmp/zoo.md --steps 5
+    python benchmarks/zoo.py --resume              # keep the rows docs/zoo.json already holds
 
-It takes a while (the largest models compile for a minute each); run it in the background.
+It takes a while (the largest models compile for a minute each); run it in the background. The
+table and its JSON are rewritten (atomically) after every model, marked partial until the last
+one, so an interrupted run loses at most one model and ``--resume`` picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import json
 import os
 import sys
 import time
@@ -90,12 +94,16 @@ def _fmt_macs(n: int) -> str:
     return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.1f} M"
 
 
-def render(rows: list[dict], meta: dict) -> str:
+def render(rows: list[dict], meta: dict, total: int | None = None) -> str:
+    partial = ([f"**Partial: {len(rows)} of {total} models measured so far.**", ""]
+               if total is not None and len(rows) < total else [])
     lines = [
         "# The model zoo in figures",
         "",
-        "Written by `python benchmarks/zoo.py`; do not edit by hand.",
+        "Written by `python benchmarks/zoo.py`; do not edit by hand. The same rows, unformatted, "
+        "are in `zoo.json` beside this file.",
         "",
+        *partial,
         ("- Parameters: the ImageNet configuration (224x224, 1000 classes, `normalize=None`) "
          "and the CIFAR configuration (32x32, 10 classes). The stem is chosen from the input "
          "size: the ImageNet stem at 224, the CIFAR stem at 32."),
@@ -106,9 +114,9 @@ def render(rows: list[dict], meta: dict) -> str:
          f"{meta['batch_size']}, timed after a warm-up step that compiles the training "
          "function."),
         (f"- Measured {meta['date']} on a machine shared with other jobs: 1-minute load average "
-         f"{meta['load_start']:.1f} at the start, {meta['load_end']:.1f} at the end (2 cores would "
-         "be a load of 2), so the throughput column is a lower bound and its ratios matter more "
-         "than its values." if meta["load_start"] > meta["cores"] or meta["load_end"] > meta["cores"]
+         f"{meta['load_start']:.1f} at the start and up to {meta['load_max']:.1f} after a model "
+         f"(above {meta['cores']}, jobs wait for a core), so the throughput column is a lower bound and its ratios matter more "
+         "than its values." if max(meta["load_start"], meta["load_max"]) > meta["cores"]
          else f"- Measured {meta['date']}."),
         "",
         ("| model | family | params 224 / 1000 | params 32 / 10 | MACs 32x32 | MACs 224x224 "
@@ -132,22 +140,45 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (at least)")
     parser.add_argument("--min-seconds", type=float, default=5.0,
                         help="keep timing until this many seconds have passed")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the rows the JSON beside --output already holds")
     args = parser.parse_args(argv)
 
     import keras
     import tensorflow as tf
     from tqdm import tqdm
 
-    from kerascls.fileio import atomic_write_text
+    from kerascls.fileio import atomic_write_json, atomic_write_text
     from kerascls.registry import get_spec, list_models
 
     names = [n for n in list_models(args.models) if get_spec(n).framework == "keras"]
     if not names:
         print(f"error: no Keras 3 model matches '{args.models}'", file=sys.stderr)
         return 2
-    load_start = os.getloadavg()[0]
+    json_path = Path(args.output).with_suffix(".json")
+    done: dict[str, dict] = {}
+    if args.resume and json_path.exists():
+        try:
+            done = {r["model"]: r for r in json.loads(json_path.read_text())["rows"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            print(f"error: {json_path} is not a zoo table ({exc}); run without --resume",
+                  file=sys.stderr)
+            return 2
+    meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "keras": keras.__version__,
+            "tensorflow": tf.__version__, "batch_size": args.batch_size,
+            "date": datetime.date.today().isoformat(), "load_start": os.getloadavg()[0],
+            "load_max": os.getloadavg()[0]}
     rows = []
+
+    def write() -> None:
+        meta["load_max"] = max(meta["load_max"], os.getloadavg()[0])
+        atomic_write_text(args.output, render(rows, meta, total=len(names)))
+        atomic_write_json(json_path, {"meta": meta, "rows": rows})
+
     for name in tqdm(names, unit="model", file=sys.stderr):
+        if name in done:
+            rows.append(done[name])
+            continue
         big = measure_static(name, 224, 1000)
         small = measure_static(name, 32, 10)
         ips = measure_training(name, args.batch_size, args.steps, args.min_seconds)
@@ -158,11 +189,8 @@ def main(argv=None) -> int:
         tqdm.write(f"{name:20s} params {big['params']:>12,}  MACs@32 {_fmt_macs(small['macs']):>9}"
                    f"  MACs@224 {_fmt_macs(big['macs']):>9}  train@32 {ips:8.1f} img/s",
                    file=sys.stderr)
-    meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "keras": keras.__version__,
-            "tensorflow": tf.__version__, "batch_size": args.batch_size,
-            "date": datetime.date.today().isoformat(), "load_start": load_start,
-            "load_end": os.getloadavg()[0]}
-    atomic_write_text(args.output, render(rows, meta))
+        write()
+    write()
     print(f"wrote {args.output} ({len(rows)} models)")
     return 0
 

@@ -177,10 +177,30 @@ def test_text_output_top_k_and_benchmark(models, test_images):
     stats = json_lines(bench)[-1]["benchmark"]
     assert stats["runs"] == 30 and stats["threads"] == 2 and stats["runtime"] == "ai_edge_litert"
     assert 0 < stats["end_to_end_p50_ms"] <= stats["end_to_end_p90_ms"]
+    assert 0 < stats["per_image_p50_ms"] <= stats["per_image_p90_ms"]
     assert 0 < stats["invoke_p50_ms"] <= stats["invoke_p90_ms"]
-    assert stats["throughput_images_per_s"] > 0
-    text = run_cli(models["int8"], files[0], "--benchmark", "10")
-    assert "benchmark: 10 runs, ai_edge_litert, 1 thread(s): end-to-end p50" in text.stdout
+    assert stats["prefetch"] == 4 and stats["throughput_images_per_s"] > 0
+    assert stats["overhead_vs_invoke"] == pytest.approx(
+        stats["per_image_p50_ms"] / stats["invoke_p50_ms"] - 1, abs=5e-3)
+    text = run_cli(models["int8"], files[0], "--benchmark", "10", "--prefetch", "0")
+    assert "benchmark: 10 runs, ai_edge_litert, 1 thread(s): per image in a folder p50" in \
+        text.stdout
+
+
+def test_prefetch_changes_nothing_but_speed(bad_files, models, test_images):
+    """Decoding ahead on a thread gives the same results, in the same order, as decoding inline."""
+    folder, _ = bad_files
+    files = test_images[1]
+    runs = {n: run_cli(models["int8"], folder, *files[:6], "--json", "--prefetch", n)
+            for n in ("0", "1", "4", "64")}
+    for proc in runs.values():
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len({proc.stdout for proc in runs.values()}) == 1
+    assert len({proc.stderr for proc in runs.values()}) == 1
+    assert len(json_lines(runs["0"])) == 8
+    bad = run_cli(models["int8"], files[0], "--prefetch", "-1")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith("--prefetch must be an integer >= 0. Received: -1")
 
 
 def test_tensorflow_lite_is_the_last_fallback(models, test_images):

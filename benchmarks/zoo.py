@@ -105,8 +105,12 @@ def render(rows: list[dict], meta: dict, total: int | None = None) -> str:
         "",
         *partial,
         ("- Parameters: the ImageNet configuration (224x224, 1000 classes, `normalize=None`) "
-         "and the CIFAR configuration (32x32, 10 classes). The stem is chosen from the input "
-         "size: the ImageNet stem at 224, the CIFAR stem at 32."),
+         "and the CIFAR configuration (32x32, 10 classes), counted as Keras counts them "
+         "(`count_params()`, which includes batch norm's moving mean and variance; "
+         "torchvision's counts leave those out). The stem is chosen from the input size: the "
+         "ImageNet stem at 224, the CIFAR stem at 32, which keeps the full 32x32 resolution "
+         "where the ImageNet stem would downsample, so some models do more work at 32 than "
+         "at 224."),
         ("- MACs: multiply-accumulates per image in convolutions and dense layers "
          "(`python -m kerascls.models flops`)."),
         (f"- Training: images/s at 32x32 on the CPU ({meta['cpu']}, {meta['cores']} cores), "
@@ -157,17 +161,25 @@ def main(argv=None) -> int:
         return 2
     json_path = Path(args.output).with_suffix(".json")
     done: dict[str, dict] = {}
-    if args.resume and json_path.exists():
-        try:
-            done = {r["model"]: r for r in json.loads(json_path.read_text())["rows"]}
-        except (ValueError, KeyError, TypeError) as exc:
-            print(f"error: {json_path} is not a zoo table ({exc}); run without --resume",
-                  file=sys.stderr)
-            return 2
     meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "keras": keras.__version__,
             "tensorflow": tf.__version__, "batch_size": args.batch_size,
             "date": datetime.date.today().isoformat(), "load_start": os.getloadavg()[0],
             "load_max": os.getloadavg()[0]}
+    if args.resume and json_path.exists():
+        try:
+            previous = json.loads(json_path.read_text())
+            done = {r["model"]: r for r in previous["rows"]}
+            # the kept rows were measured then: keep when, where and under what load
+            meta.update({k: previous["meta"][k] for k in ("date", "load_start", "batch_size")})
+            meta["load_max"] = max(meta["load_max"], previous["meta"]["load_max"])
+        except (ValueError, KeyError, TypeError) as exc:
+            print(f"error: {json_path} is not a zoo table ({exc}); run without --resume",
+                  file=sys.stderr)
+            return 2
+        if meta["batch_size"] != args.batch_size:
+            print(f"error: {json_path} was measured at --batch-size {meta['batch_size']}, not "
+                  f"{args.batch_size}; resume with the same batch size", file=sys.stderr)
+            return 2
     rows = []
 
     def write() -> None:

@@ -256,3 +256,23 @@ def test_full_size_build_predicts_a_distribution():
     x = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype("float32")
     probs = keras.ops.convert_to_numpy(model(x, training=False))
     assert probs.shape == (1, 1000) and np.isclose(probs.sum(), 1.0, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------- docs/zoo.md
+
+
+def test_zoo_table_has_one_row_per_model():
+    """``docs/zoo.md`` (written by benchmarks/zoo.py) is complete and matches the registry."""
+    root = Path(__file__).resolve().parent.parent
+    table = (root / "docs" / "zoo.md").read_text()
+    assert "Partial:" not in table
+    rows = [line.split("|")[1].strip() for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| model ")]
+    assert sorted(rows) == sorted(MODELS)
+    data = json.loads((root / "docs" / "zoo.json").read_text())
+    by_name = {r["model"]: r for r in data["rows"]}
+    assert sorted(by_name) == sorted(MODELS)
+    for name in ("resnet20", "mobilenet_v2"):
+        row = by_name[name]
+        assert row["params_32"] == build_model(name, (32, 32, 3), 10).count_params()
+        assert row["macs_224"] > row["macs_32"] > 0 and row["train_ips_32"] > 0

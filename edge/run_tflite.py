@@ -477,7 +477,6 @@ def prepared_inputs(model: Model, Image, items, convert: bool, prefetch: int):
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
         pending: deque = deque()
-        items = iter(items)
         try:
             for item in items:
                 pending.append(pool.submit(work, *item))
@@ -580,7 +579,7 @@ def benchmark(model: Model, Image, files, runs: int, convert: bool, prefetch: in
     for i in range(runs):
         path = files[i % len(files)]
         t0 = time.perf_counter()
-        classify(model, read_rgb(model.np, Image, path, convert), k)
+        classify_prepared(model, load_and_prepare(model, Image, path, convert), k)
         e2e.append(time.perf_counter() - t0)
     model.interpreter.set_tensor(model.input["index"], prepared)
     for _ in range(runs):
@@ -614,31 +613,25 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_FATAL)
 
 
-def _positive(name):
+def _int_at_least(name: str, minimum: int, wording: str):
+    """An argparse type: an integer >= ``minimum``, else "NAME must be WORDING. Received: X"."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer. "
-                                             f"Received: {text}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer. "
-                                             f"Received: {text}")
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be {wording}. Received: {text}")
         return value
     return parse
+
+
+def _positive(name):
+    return _int_at_least(name, 1, "a positive integer")
 
 
 def _non_negative(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 0. "
-                                             f"Received: {text}")
-        return value
-    return parse
+    return _int_at_least(name, 0, "an integer >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -673,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv=None) -> int:
     """Parse ``argv``, classify every input, print the results; return the exit status."""
     args = build_parser().parse_args(argv)
-    np, Image = _import_numpy_pillow()
+    _, Image = _import_numpy_pillow()
     interpreter_cls, runtime = load_runtime(args.runtime)
     t_start = time.perf_counter()
     model = Model(Path(args.model), interpreter_cls, args.threads, not args.no_sidecar)

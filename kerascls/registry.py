@@ -52,6 +52,7 @@ _FAMILY_MODULES = (
     "kerascls.models.inception",
     "kerascls.models.densenet",
     "kerascls.models.mobilenet",
+    "kerascls.models.mobilenet_v4",
     "kerascls.models.efficientnet",
     "kerascls.models.darknet",
     "kerascls.models.bayesian",

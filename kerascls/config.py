@@ -36,13 +36,17 @@ AUGMENTATIONS = ("crop", "flip", "jitter", "rotation", "zoom", "mixup", "cutmix"
 
 @dataclasses.dataclass
 class DataConfig:
-    dataset: str = _field("digits", "sentiment | digits | folder:PATH | tfds:NAME")
-    data_dir: str = _field("", "TensorFlow Datasets data directory (tfds:NAME)")
+    dataset: str = _field("digits", "sentiment | digits | fashion_mnist | mnist_sample | "
+                          "folder:PATH | tfds:NAME")
+    data_dir: str = _field("", "TensorFlow Datasets data directory (tfds:NAME); the folder "
+                           "searched first for the fashion_mnist and mnist_sample files")
     image_size: int = _field(0, "square input size in pixels; 0 picks the model's default")
     normalize: str = _field("unit", "normalization inside the model", ("imagenet", "unit", "none"))
     augment: str = _field("", f"comma-separated augmentations: {', '.join(AUGMENTATIONS)}")
     val_fraction: float = _field(0.15, "validation fraction when the source has no split")
     test_fraction: float = _field(0.2, "test fraction when the source has no split")
+    max_train_examples: int = _field(0, "train on a stratified subset of at most N training "
+                                     "images (validation and test unchanged); 0 uses them all")
     class_weight: str = _field("none", "class weighting in the loss", ("none", "balanced"))
     num_examples: int = _field(400, "sentiment: number of images")
     sentiment_size: int = _field(8, "sentiment: native image size")

@@ -81,7 +81,8 @@ def measure_latency(run, x: np.ndarray, batch_size: int = 32, repeats: int = 20)
 
 # -- calibration, Monte Carlo uncertainty, out-of-distribution detection ----------------------
 
-OOD_SOURCES = ("noise", "sentiment", "digits", "folder:PATH", "tfds:NAME")
+OOD_SOURCES = ("noise", "sentiment", "digits", "fashion_mnist", "mnist_sample", "folder:PATH",
+               "tfds:NAME")
 
 
 def mc_dropout_model(model):
@@ -160,8 +161,9 @@ def calibrate_run(run, splits, batch_size: int = 256) -> dict:
 def ood_images(run, dataset: str, count: int, seed: int = 0) -> np.ndarray:
     """Out-of-distribution images at the run's input size, float32 0..255.
 
-    ``noise`` gives ``count`` images of uniform random pixels; any other name is loaded with
-    :func:`kerascls.data.load_dataset` and its test split is used.
+    ``noise`` gives ``count`` images of uniform random pixels; ``mnist_sample`` gives all its
+    5,000 digits; any other name is loaded with :func:`kerascls.data.load_dataset` and its test
+    split is used.
     """
     from kerascls.errors import did_you_mean
 
@@ -170,19 +172,24 @@ def ood_images(run, dataset: str, count: int, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(seed)
         size = run.image_size
         return rng.uniform(0.0, 255.0, (max(1, count), size, size, 3)).astype(np.float32)
-    if not ((kind in ("sentiment", "digits") and not arg) or (kind in ("folder", "tfds") and arg)):
+    named = ("sentiment", "digits", "fashion_mnist", "mnist_sample")
+    if not ((kind in named and not arg) or (kind in ("folder", "tfds") and arg)):
         raise UserError("--ood: " + did_you_mean("dataset", dataset, OOD_SOURCES).replace(
             "Available:", "Use one of:"))
     if dataset == run.metadata.get("dataset"):
         raise UserError(f"--ood {dataset} is the run's own dataset; choose other images "
                         f"({', '.join(OOD_SOURCES)})")
-    return run.dataset(dataset).x_test
+    splits = run.dataset(dataset)
+    if dataset == "mnist_sample":  # none of it was seen in training: use every image
+        return np.concatenate([splits.x_train, splits.x_val, splits.x_test])
+    return splits.x_test
 
 
 def ood_report(run, dataset: str, probs_in: np.ndarray, mc_in: np.ndarray | None, *,
                samples: int, mc_dropout: bool = False, batch_size: int = 256,
                out_dir: Path | None = None, x_out: np.ndarray | None = None) -> dict:
-    """AUROC of each uncertainty score at telling ``dataset`` images from the test split.
+    """AUROC and AUPR (OOD positive) of each uncertainty score at telling ``dataset`` images
+    from the test split.
 
     Scores (higher = more likely OOD): ``max_softmax`` (1 - top probability), ``entropy`` and,
     with Monte Carlo predictions, ``mutual_information``. Draws ``ood_<dataset>.png``.
@@ -201,6 +208,7 @@ def ood_report(run, dataset: str, probs_in: np.ndarray, mc_in: np.ndarray | None
         "num_in": int(len(probs_in)),
         "num_out": int(len(probs_out)),
         "auroc": U.ood_auroc(s_in, s_out),
+        "aupr": U.ood_aupr(s_in, s_out),
         "mean_score_in": {k: float(np.mean(v)) for k, v in s_in.items()},
         "mean_score_out": {k: float(np.mean(v)) for k, v in s_out.items()},
     }
@@ -318,6 +326,12 @@ def _format(metrics: dict) -> str:
         aurocs = "  ".join(f"{k} {v:.4f}" for k, v in o["auroc"].items())
         lines.append(f"OOD AUROC vs {o['dataset']} ({o['num_in']} in, {o['num_out']} out)  "
                      f"{aurocs}")
+        if "aupr" in o:
+            auprs = "  ".join(f"{k} {v:.4f}" for k, v in o["aupr"].items())
+            lines.append(f"OOD AUPR  (out-of-distribution positive)  {auprs}")
+        if "mutual_information" not in o["auroc"]:
+            lines.append("mutual information needs Monte Carlo predictions: a Bayesian run, "
+                         "or --mc-dropout on a model with dropout")
     return "\n".join(lines)
 
 

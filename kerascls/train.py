@@ -382,6 +382,7 @@ def train(cfg: Config) -> Path:
     import keras
 
     from kerascls.data import load_dataset
+    from kerascls.data.sources import limit_train
     from kerascls.registry import get_spec
 
     spec = get_spec(cfg.model.model)
@@ -396,6 +397,7 @@ def train(cfg: Config) -> Path:
                           test_fraction=d.test_fraction, data_dir=d.data_dir,
                           num_examples=d.num_examples, sentiment_size=d.sentiment_size,
                           noise=d.noise, imbalance=d.imbalance)
+    splits = limit_train(splits, d.max_train_examples, cfg.train.seed)
     cfg.data.image_size = image_size
     run_dir = placement.run_directory(run_directory(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Calibration and uncertainty: proper scores, ECE, Monte Carlo summaries, temperature, OOD AUROC.
+"""Calibration and uncertainty: proper scores, ECE, Monte Carlo summaries, temperature, OOD AUROC
+and AUPR.
 
 Pure numpy (and :mod:`scipy.optimize` for the one-dimensional temperature fit). Probabilities are
 ``(N, C)`` arrays of class probabilities; Monte Carlo predictions are ``(S, N, C)`` arrays of ``S``
@@ -19,7 +20,7 @@ References:
     Naeini et al. 2015, "Obtaining Well Calibrated Probabilities Using Bayesian Binning" (ECE).
     Brier 1950, "Verification of forecasts expressed in terms of probability".
     Hendrycks and Gimpel 2017, "A Baseline for Detecting Misclassified and Out-of-Distribution
-    Examples in Neural Networks" (max-softmax OOD score, AUROC).
+    Examples in Neural Networks" (max-softmax OOD score, AUROC and AUPR).
 """
 
 from __future__ import annotations
@@ -316,3 +317,28 @@ def ood_scores(probs, mc_probs=None) -> dict[str, np.ndarray]:
 def ood_auroc(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndarray]) -> dict:
     """AUROC of each score in both dicts at separating OOD (positive) from in-distribution."""
     return {k: auroc(scores_in[k], scores_out[k]) for k in scores_in if k in scores_out}
+
+
+def aupr(negatives, positives) -> float:
+    """Area under the precision-recall curve of a score that should be higher on ``positives``,
+    as average precision (``sum_k (R_k - R_{k-1}) P_k`` over the distinct thresholds; ties share
+    a threshold). Unlike the AUROC it depends on the share of positives: a score that says
+    nothing gets that share."""
+    neg = np.asarray(negatives, dtype=np.float64).reshape(-1)
+    pos = np.asarray(positives, dtype=np.float64).reshape(-1)
+    if not len(neg) or not len(pos):
+        raise ValueError("AUPR needs at least one negative and one positive score")
+    scores = np.concatenate([pos, neg])
+    is_pos = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    order = np.argsort(-scores, kind="mergesort")
+    scores, is_pos = scores[order], is_pos[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # end of each tie group
+    tp = np.cumsum(is_pos)[last]
+    precision = tp / (last + 1)
+    recall_gain = np.diff(np.r_[0.0, tp]) / len(pos)
+    return float(np.sum(recall_gain * precision))
+
+
+def ood_aupr(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndarray]) -> dict:
+    """AUPR of each score in both dicts, out-of-distribution images as the positive class."""
+    return {k: aupr(scores_in[k], scores_out[k]) for k in scores_in if k in scores_out}

@@ -1,4 +1,5 @@
-"""Dataset sources: ``sentiment``, ``digits``, ``folder:PATH`` and ``tfds:NAME``.
+"""Dataset sources: ``sentiment``, ``digits``, ``fashion_mnist``, ``mnist_sample``, ``folder:PATH``
+and ``tfds:NAME`` (the MNIST family lives in :mod:`kerascls.data.mnist`).
 
 Every source returns :class:`DatasetSplits` holding float32 RGB images in 0..255 already resized
 (bilinear) to the requested size, integer labels and class names. Splits are stratified and
@@ -22,7 +23,7 @@ from kerascls.errors import UserError, did_you_mean
 
 log = logging.getLogger("kerascls.data")
 
-SOURCES = ("sentiment", "digits", "folder:PATH", "tfds:NAME")
+SOURCES = ("sentiment", "digits", "fashion_mnist", "mnist_sample", "folder:PATH", "tfds:NAME")
 
 
 @dataclasses.dataclass
@@ -241,8 +242,10 @@ def load_dataset(dataset: str = "digits", image_size: int = 0, *, seed: int = 42
     """Load ``dataset`` and return deterministic stratified splits resized to ``image_size``.
 
     Args:
-        dataset: ``sentiment``, ``digits``, ``folder:PATH`` or ``tfds:NAME``.
-        image_size: square output size; 0 keeps the native size (8 for digits and sentiment).
+        dataset: ``sentiment``, ``digits``, ``fashion_mnist``, ``mnist_sample``,
+            ``folder:PATH`` or ``tfds:NAME``.
+        image_size: square output size; 0 keeps the native size (8 for digits and sentiment,
+            28 for the MNIST family).
         seed: split seed.
 
     Example:
@@ -251,9 +254,23 @@ def load_dataset(dataset: str = "digits", image_size: int = 0, *, seed: int = 42
         ((16, 16, 3), 10)
     """
     kind, _, arg = dataset.partition(":")
-    if kind in ("sentiment", "digits") and not arg:
+    if dataset == "fashion_mnist":
+        from kerascls.data.mnist import NATIVE_SIZE, fashion_mnist_arrays
+
+        x_train, y_train, x_test, y_test, names = fashion_mnist_arrays(data_dir)
+        size = image_size or NATIVE_SIZE
+        x_train, y_train, x_val, y_val = _split_off_val(resize_numpy(x_train, size), y_train,
+                                                        val_fraction, seed)
+        return DatasetSplits(dataset, names, x_train, y_train, x_val, y_val,
+                             resize_numpy(x_test, size), y_test,
+                             native_size=(NATIVE_SIZE, NATIVE_SIZE))
+    if kind in ("sentiment", "digits", "mnist_sample") and not arg:
         if kind == "sentiment":
             x, y, names = sentiment_images(num_examples, sentiment_size, noise, imbalance, seed)
+        elif kind == "mnist_sample":
+            from kerascls.data.mnist import mnist_sample_arrays
+
+            x, y, names = mnist_sample_arrays(data_dir)
         else:
             x, y, names = digits_images()
         native = x.shape[1:3]
@@ -271,3 +288,20 @@ def load_dataset(dataset: str = "digits", image_size: int = 0, *, seed: int = 42
         return DatasetSplits(dataset, names, *parts, native_size=(0, 0))
     raise UserError(did_you_mean("dataset", dataset, SOURCES).replace(
         "Available:", "Use one of:"))
+
+
+def limit_train(splits: DatasetSplits, max_examples: int, seed: int = 42) -> DatasetSplits:
+    """``splits`` with a stratified subset of at most ``max_examples`` training images (0 or a
+    larger number keeps them all); validation and test are unchanged."""
+    from sklearn.model_selection import train_test_split
+
+    if max_examples < 0:
+        raise UserError(f"--max-train-examples must be >= 0. Received: {max_examples}")
+    if not max_examples or max_examples >= len(splits.y_train):
+        return splits
+    if max_examples < splits.num_classes:
+        raise UserError(f"--max-train-examples must be at least the number of classes "
+                        f"({splits.num_classes}) to keep every class. Received: {max_examples}")
+    x, _, y, _ = train_test_split(splits.x_train, splits.y_train, train_size=max_examples,
+                                  stratify=splits.y_train, random_state=seed)
+    return dataclasses.replace(splits, x_train=x, y_train=y)

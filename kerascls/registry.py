@@ -31,6 +31,7 @@ class ModelSpec:
         min_size: smallest square input the architecture accepts.
         framework: ``"keras"`` for Keras 3 models, ``"tf_keras"`` for the TFP Bayesian models.
         paper: reference for the architecture.
+        task: ``"classify"`` (image in, class probabilities out) or ``"detect"`` (YOLO heads).
     """
 
     name: str
@@ -40,6 +41,7 @@ class ModelSpec:
     min_size: int = 8
     framework: str = "keras"
     paper: str = ""
+    task: str = "classify"
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -56,6 +58,7 @@ _FAMILY_MODULES = (
     "kerascls.models.efficientnet",
     "kerascls.models.darknet",
     "kerascls.models.bayesian",
+    "kerascls.detect.models",
 )
 _loaded = False
 
@@ -68,13 +71,15 @@ def register(
     min_size: int = 8,
     framework: str = "keras",
     paper: str = "",
+    task: str = "classify",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering ``builder`` under ``name``."""
 
     def deco(builder: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is registered twice")
-        _REGISTRY[name] = ModelSpec(name, builder, family, default_size, min_size, framework, paper)
+        _REGISTRY[name] = ModelSpec(name, builder, family, default_size, min_size, framework, paper,
+                                    task)
         return builder
 
     return deco
@@ -94,10 +99,15 @@ def _load_families() -> None:
                 raise
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching the shell-style ``pattern``, sorted."""
+def list_models(pattern: str = "*", task: str | None = "classify") -> list[str]:
+    """Registered model names matching the shell-style ``pattern``, sorted.
+
+    Only models of ``task`` (``"classify"`` by default, ``"detect"``) are listed; ``None``
+    lists every task.
+    """
     _load_families()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n, spec in _REGISTRY.items() if fnmatch.fnmatch(n, pattern)
+                  and (task is None or spec.task == task))
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -493,6 +493,11 @@ def _versions() -> dict[str, str]:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from kerascls.detect.train import main as detect_main, task_of
+
+    task, argv = task_of(sys.argv[1:] if argv is None else list(argv))
+    if task == "detect":  # YOLO detectors train through their own entry point
+        return detect_main(argv)
     parser = make_parser("python -m kerascls.train", __doc__.splitlines()[0])
     cfg = resolve(parser.parse_args(argv))
     run_dir = train(cfg)

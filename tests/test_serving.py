@@ -7,6 +7,7 @@ import functools
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -508,7 +509,13 @@ def test_deployment_kit_files_are_valid():
     )
     compose = yaml.safe_load((kit / "docker-compose.yml").read_text())
     service = compose["services"]["tfserving"]
-    assert service["image"].startswith("tensorflow/serving")
+    image = re.fullmatch(
+        r"tensorflow/serving:\$\{TF_SERVING_TAG:-(\d+)\.(\d+)\.\d+\}", service["image"]
+    )
+    assert image, f"pin an explicit tensorflow/serving tag, not {service['image']}"
+    pyproject = (kit.parent / "pyproject.toml").read_text()
+    api = re.search(r'"tensorflow-serving-api==(\d+)\.(\d+)\.\*"', pyproject)
+    assert api and image.groups() == api.groups(), "the image and tensorflow-serving-api differ"
     assert {"8500:8500", "8501:8501"} <= set(service["ports"])
     flags = " ".join(service["command"])
     for flag in (

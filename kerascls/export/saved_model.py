@@ -72,12 +72,81 @@ def versions_in(model_dir: Path) -> list[int]:
     )
 
 
-def _read_header(data):
-    """``(is_jpeg, [height, width])`` from the header of an encoded image, without decoding it.
+# Formats the serving graph accepts; anything else is refused before decoding.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF (first frame)", "WebP (still)")
+_UNKNOWN, _JPEG, _PNG, _GIF, _BMP, _WEBP = range(6)
 
-    PNG, GIF and BMP sizes are parsed from their fixed header fields, JPEG's with
-    ``tf.image.extract_jpeg_shape`` (which reads markers only). The size is ``[0, 0]`` for
-    formats it does not know (decoding then reports them).
+
+def _gif_first_frame(b, n):
+    """Walk a GIF's blocks to the end of its first image, in the graph.
+
+    ``b`` is the file as int64 bytes, ``n`` its length. Returns ``(end, frame)``: the offset just
+    past the first image's data (0 when the file has no complete image) and that image's
+    ``[left, top, width, height]``. Only block headers and sub-block lengths are read, one
+    sub-block per loop step; nothing is decompressed.
+    """
+    import tensorflow as tf
+
+    last = tf.maximum(n - 1, tf.constant(0, tf.int64))
+
+    def at(i):
+        i = tf.cast(i, tf.int64)
+        return tf.gather(b, tf.clip_by_value(i, tf.constant(0, tf.int64), last))
+
+    def le16(i):
+        return at(i) + at(i + 1) * 256
+
+    zero, one, two = (tf.constant(v, tf.int64) for v in (0, 1, 2))
+
+    def table(packed):  # size of a colour table announced by a packed byte
+        return tf.where(packed >= 128, 3 * tf.bitwise.left_shift(two, packed % 8), zero)
+
+    start = 13 + table(at(10))
+    # mode 0: at a block; 1: in an extension's sub-blocks; 2: in the image's sub-blocks
+    init = (start, zero, zero, tf.zeros([4], tf.int64), tf.constant(False))
+
+    def cond(pos, mode, end, frame, done):
+        return tf.logical_and(tf.logical_not(done), pos < n)
+
+    def body(pos, mode, end, frame, done):
+        byte = at(pos)
+        at_block = tf.equal(mode, 0)
+        is_ext = at_block & tf.equal(byte, 0x21)
+        is_img = at_block & tf.equal(byte, 0x2C)
+        img_frame = tf.stack([le16(pos + 1), le16(pos + 3), le16(pos + 5), le16(pos + 7)])
+        img_skip = 10 + table(at(pos + 9)) + 1
+        sub_end = tf.logical_not(at_block) & tf.equal(byte, 0)
+        image_done = sub_end & tf.equal(mode, 2)
+        new_pos = tf.where(
+            is_ext,
+            pos + 2,
+            tf.where(is_img, pos + img_skip, tf.where(at_block, pos, pos + byte + 1)),
+        )
+        new_mode = tf.where(is_ext, one, tf.where(is_img, two, tf.where(sub_end, zero, mode)))
+        stop = (at_block & ~is_ext & ~is_img) | image_done
+        new_end = tf.where(image_done, pos + 1, end)
+        return (
+            new_pos,
+            new_mode,
+            new_end,
+            tf.where(is_img, img_frame, frame),
+            stop,
+        )
+
+    _, _, end, frame, _ = tf.while_loop(cond, body, init, parallel_iterations=1)
+    return end, frame
+
+
+def _read_header(data):
+    """``(kind, [height, width], data_to_decode, problem)`` of an encoded image, without decoding.
+
+    PNG (IHDR), BMP and WebP (VP8, VP8L, VP8X) sizes come from their fixed header fields, JPEG's
+    from ``tf.image.extract_jpeg_shape`` (markers only). A GIF's blocks are walked to the end of
+    its first frame: the size checked is its screen, the first frame must lie inside the screen,
+    and only that frame is handed to the decoder (the file is cut after it), so later frames are
+    never decompressed. ``problem`` is a non-empty message for files refused outright: unknown
+    formats, animated WebP, a GIF without a complete first frame or with a frame larger than its
+    screen, a PNG whose first chunk is not IHDR.
     """
     import tensorflow as tf
 
@@ -91,60 +160,133 @@ def _read_header(data):
     def le16(i):
         return b[i] + b[i + 1] * 256
 
+    def le24(i):
+        return b[i] + b[i + 1] * 256 + b[i + 2] * 65536
+
     def le32s(i):
         v = b[i] + b[i + 1] * 256 + b[i + 2] * 65536 + b[i + 3] * 16777216
         return tf.abs(tf.where(v >= 2147483648, v - 4294967296, v))
 
-    def jpeg():
-        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
-        return tf.stack([shape[0], shape[1]])
+    def starts(offset, text):
+        return tf.reduce_all(
+            tf.equal(b[offset : offset + len(text)], tf.constant(list(text), tf.int64))
+        )
 
-    is_png = tf.reduce_all(tf.equal(b[:4], tf.constant([137, 80, 78, 71], tf.int64)))
-    is_gif = tf.reduce_all(tf.equal(b[:3], tf.constant([71, 73, 70], tf.int64)))
-    is_bmp = tf.reduce_all(tf.equal(b[:2], tf.constant([66, 77], tf.int64)))
-    is_jpeg = tf.reduce_all(tf.equal(b[:2], tf.constant([255, 216], tf.int64)))
-    zero = tf.zeros([2], tf.int64)
-    return is_jpeg, tf.case(
+    is_png = starts(0, b"\x89PNG")
+    is_gif = starts(0, b"GIF8")
+    is_bmp = starts(0, b"BM")
+    is_jpeg = starts(0, b"\xff\xd8")
+    is_webp = starts(0, b"RIFF") & starts(8, b"WEBP")
+    kind = tf.case(
         [
-            (is_png, lambda: tf.stack([be32(20), be32(16)])),
-            (is_gif, lambda: tf.stack([le16(8), le16(6)])),
-            (is_bmp, lambda: tf.stack([le32s(22), le32s(18)])),
-            (is_jpeg, jpeg),
+            (is_png, lambda: tf.constant(_PNG, tf.int64)),
+            (is_gif, lambda: tf.constant(_GIF, tf.int64)),
+            (is_bmp, lambda: tf.constant(_BMP, tf.int64)),
+            (is_jpeg, lambda: tf.constant(_JPEG, tf.int64)),
+            (is_webp, lambda: tf.constant(_WEBP, tf.int64)),
         ],
-        default=lambda: zero,
+        default=lambda: tf.constant(_UNKNOWN, tf.int64),
         exclusive=False,
     )
+    ok = tf.constant("")
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+        return tf.stack([shape[0], shape[1]]), data, ok
+
+    def png():
+        problem = tf.where(starts(12, b"IHDR"), ok, "a PNG whose first chunk is not IHDR")
+        return tf.stack([be32(20), be32(16)]), data, problem
+
+    def bmp():
+        return tf.stack([le32s(22), le32s(18)]), data, ok
+
+    def webp():
+        lossy = starts(12, b"VP8 ")
+        lossless = starts(12, b"VP8L")
+        extended = starts(12, b"VP8X")
+        lossless_bits = b[21] + b[22] * 256 + b[23] * 65536 + b[24] * 16777216
+        hw = tf.case(
+            [
+                (lossy, lambda: tf.stack([le16(28) % 16384, le16(26) % 16384])),
+                (
+                    lossless,
+                    lambda: tf.stack(
+                        [(lossless_bits // 16384) % 16384 + 1, lossless_bits % 16384 + 1]
+                    ),
+                ),
+                (extended, lambda: tf.stack([le24(27) + 1, le24(24) + 1])),
+            ],
+            default=lambda: tf.zeros([2], tf.int64),
+            exclusive=False,
+        )
+        animated = extended & tf.equal(tf.bitwise.bitwise_and(b[20], 2), 2)
+        problem = tf.where(
+            animated,
+            "an animated WebP",
+            tf.where(lossy | lossless | extended, ok, "a WebP of an unknown kind"),
+        )
+        return hw, data, problem
+
+    def gif():
+        whole = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int64)
+        end, frame = _gif_first_frame(whole, tf.size(whole, out_type=tf.int64))
+        screen = tf.stack([le16(8), le16(6)])  # height, width
+        inside = (frame[0] + frame[2] <= screen[1]) & (frame[1] + frame[3] <= screen[0])
+        problem = tf.where(
+            end <= 0,
+            "a GIF without a complete first frame",
+            tf.where(inside, ok, "a GIF whose first frame is larger than its screen"),
+        )
+        first = tf.strings.join(
+            [tf.strings.substr(data, tf.constant(0, tf.int64), tf.maximum(end, 1)), b";"]
+        )
+        return screen, first, problem
+
+    def unknown():
+        return tf.zeros([2], tf.int64), data, tf.constant("not a JPEG, PNG, BMP, GIF or WebP image")
+
+    hw, to_decode, problem = tf.switch_case(
+        tf.cast(kind, tf.int32),
+        [unknown, jpeg, png, gif, bmp, webp],
+    )
+    return kind, hw, to_decode, problem
 
 
 def decode_images(image_bytes, size: tuple[int, int], max_pixels: int = MAX_IMAGE_PIXELS):
     """Encoded images (string [N]) to float32 0..255 RGB [N, H, W, 3], resized as training did.
 
-    Decoding matches :func:`kerascls.data.preprocess.read_image` (Pillow, which reads folder
-    datasets): PNG, BMP and GIF are lossless, and JPEG uses the accurate integer IDCT.
+    Accepted formats: :data:`ACCEPTED_FORMATS`. Decoding matches
+    :func:`kerascls.data.preprocess.read_image` (Pillow, which reads folder datasets): PNG, BMP,
+    GIF and lossless WebP are lossless, and JPEG uses the accurate integer IDCT.
 
-    Raises InvalidArgumentError (at run time) for bytes that are not an image, truncated or empty
-    images, and images with more than ``max_pixels`` pixels (checked from the header, before
-    decoding).
+    Raises InvalidArgumentError (at run time) for bytes that are not an accepted image, truncated
+    or empty images, and images with more than ``max_pixels`` pixels. Sizes are read from the
+    header before anything is decoded (see :func:`_read_header`), so a decompression bomb costs a
+    header read, not its decoded size.
     """
     import tensorflow as tf
 
     height, width = int(size[0]), int(size[1])
 
     def one(data):
-        is_jpeg, hw = _read_header(data)
+        kind, hw, to_decode, problem = _read_header(data)
+        refused = tf.debugging.Assert(
+            tf.equal(problem, ""), ["image refused before decoding:", problem]
+        )
         # Each side first, so that the product of two huge header fields cannot overflow.
         fits = tf.reduce_all(hw <= max_pixels) & (hw[0] * hw[1] <= max_pixels)
         too_big = tf.debugging.Assert(
             fits,
             [f"image too large: the limit is {max_pixels} pixels; height and width:", hw],
         )
-        with tf.control_dependencies([too_big]):
+        with tf.control_dependencies([refused, too_big]):
             # JPEG with the accurate integer IDCT decodes exactly as Pillow (the training reader).
             image = tf.cond(
-                is_jpeg,
-                lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                tf.equal(kind, _JPEG),
+                lambda: tf.io.decode_jpeg(to_decode, channels=3, dct_method="INTEGER_ACCURATE"),
                 lambda: tf.io.decode_image(
-                    data, channels=3, expand_animations=False, dtype=tf.uint8
+                    to_decode, channels=3, expand_animations=False, dtype=tf.uint8
                 ),
             )
         image.set_shape([None, None, 3])

@@ -16,8 +16,11 @@ Command line::
     python -m kerascls.serving.client metadata --model clf
 
 REST sends images as ``{"b64": ...}`` values of the ``image_bytes`` input (row format); gRPC
-sends a DT_STRING TensorProto through ``PredictionService.Predict`` (``tensorflow-serving-api``
-stubs over ``grpcio``). The REST side needs only the standard library, so it starts fast.
+sends a DT_STRING TensorProto through ``PredictionService.Predict`` over ``grpcio``, with the
+messages of :mod:`kerascls.serving.protos` and numpy conversion of :mod:`kerascls.serving.tensors`:
+neither side imports TensorFlow, so both start like clients (REST needs only the standard library).
+Non-finite floats in REST answers (``"NaN"``, ``"Infinity"``, ``"-Infinity"``) are read back as
+floats.
 """
 
 from __future__ import annotations
@@ -200,26 +203,23 @@ class ServingClient:
     def status(self) -> dict:
         """The model's version states, in TF Serving's REST JSON shape (over either protocol)."""
         if self.protocol == "grpc":
-            from tensorflow_serving.apis import get_model_status_pb2
+            from kerascls.serving import protos
 
-            request = get_model_status_pb2.GetModelStatusRequest()
+            request = protos.GetModelStatusRequest()
             self._fill_spec(request.model_spec)
-            response = self._grpc_call("model", "GetModelStatus", request)
+            response = self._grpc_call("GetModelStatus", request)
             return _to_dict(response, field_names=False)
         return self._rest_json("GET", self._path(""))
 
     def metadata(self) -> dict:
         """The model's signature defs, in TF Serving's REST JSON shape (over either protocol)."""
         if self.protocol == "grpc":
-            from tensorflow_serving.apis import get_model_metadata_pb2
+            from kerascls.serving import protos
 
-            request = get_model_metadata_pb2.GetModelMetadataRequest(
-                metadata_field=["signature_def"]
-            )
+            request = protos.GetModelMetadataRequest(metadata_field=["signature_def"])
             self._fill_spec(request.model_spec)
-            response = self._grpc_call("prediction", "GetModelMetadata", request)
-            sig_map = get_model_metadata_pb2.SignatureDefMap()
-            response.metadata["signature_def"].Unpack(sig_map)
+            response = self._grpc_call("GetModelMetadata", request)
+            sig_map = protos.SignatureDefMap.FromString(response.metadata["signature_def"].value)
             return {
                 "model_spec": _to_dict(response.model_spec, field_names=True),
                 "metadata": {"signature_def": _to_dict(sig_map, field_names=True)},
@@ -328,31 +328,30 @@ class ServingClient:
         if self._stubs is None:
             try:
                 import grpc
-                from tensorflow_serving.apis import (
-                    model_service_pb2_grpc,
-                    prediction_service_pb2_grpc,
-                )
             except ImportError as exc:
-                raise UserError(
-                    f"gRPC needs grpcio and tensorflow-serving-api: pip install "
-                    f"grpcio tensorflow-serving-api ({exc})"
-                ) from None
+                raise UserError(f"gRPC needs grpcio: pip install grpcio ({exc})") from None
+            from kerascls.serving import protos
+
             options = [
                 ("grpc.max_receive_message_length", -1),
                 ("grpc.max_send_message_length", -1),
             ]
             self._channel = grpc.insecure_channel(f"{self.host}:{self.port}", options=options)
             self._stubs = {
-                "prediction": prediction_service_pb2_grpc.PredictionServiceStub(self._channel),
-                "model": model_service_pb2_grpc.ModelServiceStub(self._channel),
+                method: self._channel.unary_unary(
+                    path,
+                    request_serializer=request_class.SerializeToString,
+                    response_deserializer=response_class.FromString,
+                )
+                for method, (path, request_class, response_class) in protos.METHODS.items()
             }
         return self._stubs
 
-    def _grpc_call(self, stub: str, method: str, request):
+    def _grpc_call(self, method: str, request):
         import grpc
 
         try:
-            return getattr(self._grpc()[stub], method)(request, timeout=self.timeout)
+            return self._grpc()[method](request, timeout=self.timeout)
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() else "UNKNOWN"
             if code == "UNAVAILABLE":
@@ -371,24 +370,27 @@ class ServingClient:
             spec.version_label = self.label
 
     def _grpc_predict(self, inputs: dict, signature: str) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
+        from kerascls.serving import protos
+        from kerascls.serving.tensors import from_numpy, to_numpy
 
-        request = predict_pb2.PredictRequest()
+        request = protos.PredictRequest()
         self._fill_spec(request.model_spec, signature)
         for name, value in inputs.items():
             if isinstance(value, np.ndarray) and value.dtype != object:
-                proto = tf.make_tensor_proto(value)
+                proto = from_numpy(value, protos.TensorProto)
             else:
-                blobs = [_as_bytes(v) if not isinstance(v, str) else v.encode() for v in value]
-                proto = tf.make_tensor_proto(blobs, dtype=tf.string, shape=[len(blobs)])
+                blobs = np.empty(len(value), dtype=object)
+                blobs[:] = [_as_bytes(v) if not isinstance(v, str) else v.encode() for v in value]
+                proto = from_numpy(blobs, protos.TensorProto)
             request.inputs[name].CopyFrom(proto)
-        response = self._grpc_call("prediction", "Predict", request)
-        out = {}
-        for name, proto in response.outputs.items():
-            arr = tf.make_ndarray(proto)
-            out[name] = arr.astype(object) if arr.dtype.kind == "S" else arr
-        return out
+        response = self._grpc_call("Predict", request)
+        try:
+            return {name: to_numpy(proto, name=name) for name, proto in response.outputs.items()}
+        except Exception as exc:  # noqa: BLE001 - a malformed answer is the server's fault
+            raise ServingClientError(f"the server sent a malformed tensor: {exc}") from None
+
+
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
 
 def _json_column(value) -> np.ndarray:
@@ -400,7 +402,7 @@ def _json_column(value) -> np.ndarray:
         if isinstance(v, dict) and "b64" in v:
             return base64.b64decode(v["b64"])
         if isinstance(v, str):
-            return v.encode("utf-8")
+            return _NON_FINITE.get(v) if v in _NON_FINITE else v.encode("utf-8")
         return v
 
     converted = conv(value)

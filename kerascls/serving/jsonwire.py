@@ -7,6 +7,14 @@ strings or ``{"b64": "..."}`` objects. Responses are ``{"predictions": [...]}`` 
 and ``{"outputs": ...}`` for columnar ones; string outputs whose name ends in ``_bytes`` are
 written as ``{"b64": ...}``, float values with the shortest text that reads back to the same
 float32 (``0.2``, not ``0.200000003``), whole floats with a trailing ``.0``.
+
+One deliberate difference: TF Serving writes non-finite floats as the bare tokens ``NaN``,
+``Infinity`` and ``-Infinity``, which strict JSON parsers (browsers, Go, Java) reject. Here they
+are the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, protobuf's JSON mapping for
+non-finite floats, so every answer is valid JSON.
+
+Bounds, checked before any conversion: documents nested deeper than :data:`MAX_JSON_DEPTH`, and
+more than ``max_instances`` rows (or columnar entries) per request, are refused.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import binascii
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -38,6 +47,12 @@ NUMPY_DTYPES = {
     "DT_BOOL": np.bool_,
     "DT_STRING": object,
 }
+MAX_JSON_DEPTH = 64  # numpy's own limit on dimensions
+_OPEN = np.zeros(256, np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _FLOAT_LIMITS = {
     "DT_FLOAT": (24, 3.4028234663852886e38),
     "DT_HALF": (11, 65504.0),
@@ -286,8 +301,27 @@ def _columns(value, specs: Mapping[str, str]) -> dict[str, np.ndarray]:
     return out
 
 
+def json_depth(body: bytes) -> int:
+    """How deeply arrays and objects nest in a JSON text (strings skipped), without parsing it."""
+    brackets = _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    steps = _OPEN[np.frombuffer(brackets, np.uint8)]
+    return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
+
+
+def _check_count(count: int, max_instances: int | None, what: str) -> None:
+    if max_instances is not None and count > max_instances:
+        raise invalid(
+            f"'{what}' has {count} entries; the limit is {max_instances} per request "
+            "(--max_instances_per_request)"
+        )
+
+
 def parse_predict_body(
-    body: bytes, input_dtypes: Callable[[str], Mapping[str, str]]
+    body: bytes,
+    input_dtypes: Callable[[str], Mapping[str, str]],
+    max_instances: int | None = None,
 ) -> PredictJson:
     """Parse a REST predict body.
 
@@ -295,12 +329,18 @@ def parse_predict_body(
         body: the raw request body.
         input_dtypes: ``input_dtypes(signature_name) -> {input_name: "DT_..."}``; raises
             :class:`ServingError` for an unknown model, version or signature.
+        max_instances: most rows (``instances``) or first-dimension entries (``inputs``).
 
     Raises:
         ServingError: INVALID_ARGUMENT for every malformed body, with TF Serving's messages.
     """
     if not body or not body.strip():
         raise invalid("JSON Parse error: The document is empty")
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise invalid(
+            f"JSON Parse error: arrays and objects nest {depth} deep; the limit is {MAX_JSON_DEPTH}"
+        )
     try:
         doc = json.loads(body)
     except UnicodeDecodeError:
@@ -331,9 +371,15 @@ def parse_predict_body(
             raise invalid("Excepting 'instances' to be an list/array")
         if not instances:
             raise invalid("No values in 'instances' array")
+        _check_count(len(instances), max_instances, "instances")
         return PredictJson(signature, _rows(instances, specs), True)
     if has_inputs:
-        return PredictJson(signature, _columns(doc["inputs"], specs), False)
+        inputs = doc["inputs"]
+        columns = inputs.values() if isinstance(inputs, dict) and not is_b64(inputs) else [inputs]
+        for column in columns:
+            if isinstance(column, list):
+                _check_count(len(column), max_instances, "inputs")
+        return PredictJson(signature, _columns(inputs, specs), False)
     raise invalid("Missing 'inputs' or 'instances' key")
 
 
@@ -342,11 +388,14 @@ def parse_predict_body(
 
 
 def format_float(value: float, dtype=np.float32) -> str:
-    """TF Serving's decimal text: 6 significant digits when they read back exactly, else full."""
+    """TF Serving's decimal text: 6 significant digits when they read back exactly, else full.
+
+    Non-finite values are JSON strings (``"NaN"``, ``"Infinity"``, ``"-Infinity"``).
+    """
     if math.isnan(value):
-        return "NaN"
+        return '"NaN"'
     if math.isinf(value):
-        return "-Infinity" if value < 0 else "Infinity"
+        return '"-Infinity"' if value < 0 else '"Infinity"'
     text = "%g" % value
     if dtype(float(text)) != dtype(value):
         text = "%.17g" % value if dtype is np.float64 else "%.9g" % value

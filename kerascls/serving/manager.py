@@ -5,8 +5,11 @@ It follows TensorFlow Serving's rules: a model's base path holds integer version
 ``--file_system_poll_wait_seconds``; the version policy (``latest { num_versions }`` by default,
 ``all {}``, ``specific { versions }``) says which versions to serve; a new version is loaded, and
 its warmup requests (``assets.extra/tf_serving_warmup_requests``) replayed, before an old one is
-unloaded; a version that fails to load ends in state END with its error in the status. Version
-labels map names such as ``stable`` and ``canary`` to versions.
+unloaded; a version that fails to load ends in state END with its error in the status and is
+retried with back-off (after one polling interval, then twice as long each time, at most
+:data:`MAX_RETRY_SECONDS`), and at once when its files change, so a version copied in slowly goes
+live once its last file lands. Version labels map names such as ``stable`` and ``canary`` to
+versions.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import re
 import threading
 import time
@@ -31,6 +35,7 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000
 _VERSION_DIR = re.compile(r"^\d+$")
+MAX_RETRY_SECONDS = 60.0  # TF Serving's --load_retry_interval_micros default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +163,14 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 class Servable:
     """One loaded SavedModel version."""
 
-    def __init__(self, name: str, version: int, path: Path, max_image_pixels: int):
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        max_image_pixels: int,
+        max_request_pixels: int | None = None,
+    ):
         import tensorflow as tf
         from tensorflow.core.protobuf import saved_model_pb2
 
@@ -166,6 +178,7 @@ class Servable:
         self.version = version
         self.path = path
         self.max_image_pixels = max_image_pixels
+        self.max_request_pixels = max_request_pixels
         pb = path / "saved_model.pb"
         if not pb.is_file():
             raise ServingError("NOT_FOUND", f"SavedModel file does not exist at: {path}")
@@ -228,14 +241,23 @@ class Servable:
                 self._check_images(name, arr)
 
     def _check_images(self, name: str, arr: np.ndarray) -> None:
+        total = 0
         for i, value in enumerate(arr.ravel()):
             size = image_size(value) if isinstance(value, bytes) and value else None
-            if size and size[0] * size[1] > self.max_image_pixels:
-                w, h = size
+            if not size:
+                continue
+            w, h = size
+            if w * h > self.max_image_pixels:
                 shown = f"{w}x{h} pixels" if w < (1 << 31) else "too many pixels"
                 raise invalid(
                     f"image {i} of input '{name}' has {shown}; the limit is "
                     f"{self.max_image_pixels} pixels (--max_image_pixels)"
+                )
+            total += w * h
+            if self.max_request_pixels is not None and total > self.max_request_pixels:
+                raise invalid(
+                    f"the images of input '{name}' up to image {i} have {total} pixels; the "
+                    f"limit is {self.max_request_pixels} per request (--max_request_pixels)"
                 )
 
     def run(self, sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -283,7 +305,7 @@ class Servable:
                     continue
                 request = record.predict_log.request
                 sig = self.signature(request.model_spec.signature_name)
-                inputs = {k: tensor_to_numpy(v) for k, v in request.inputs.items()}
+                inputs = {k: tensor_to_numpy(v, name=k) for k, v in request.inputs.items()}
                 self.check_inputs(sig, inputs)
                 self.run(sig, inputs)
         except tf.errors.OpError as exc:
@@ -304,24 +326,23 @@ def _dtype_name(arr: np.ndarray) -> str:
     return f"numpy {arr.dtype}"
 
 
-def tensor_to_numpy(proto) -> np.ndarray:
-    """A TensorProto as numpy; DT_STRING as an object array of bytes."""
-    import tensorflow as tf
+def tensor_to_numpy(proto, **limits) -> np.ndarray:
+    """A TensorProto as numpy (DT_STRING as an object array of bytes), sizes checked first.
 
-    try:
-        arr = tf.make_ndarray(proto)
-    except Exception as exc:  # noqa: BLE001 - malformed protos raise many types
-        raise invalid(f"malformed TensorProto: {exc}") from None
-    if arr.dtype.kind == "S":
-        arr = arr.astype(object)
-    return arr
+    ``limits`` are :func:`kerascls.serving.tensors.to_numpy`'s keyword arguments.
+    """
+    from kerascls.serving.tensors import to_numpy
+
+    return to_numpy(proto, **limits)
 
 
 def numpy_to_tensor(arr: np.ndarray):
-    """A numpy array (object arrays of bytes are DT_STRING) as a TensorProto."""
-    import tensorflow as tf
+    """A numpy array (object arrays of bytes are DT_STRING) as TensorFlow's TensorProto."""
+    from tensorflow.core.framework import tensor_pb2
 
-    return tf.make_tensor_proto(arr)
+    from kerascls.serving.tensors import from_numpy
+
+    return from_numpy(arr, tensor_pb2.TensorProto)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +355,9 @@ class VersionState:
     error_code: str = "OK"
     error_message: str = ""
     servable: Servable | None = None
-    mtime: float = 0.0
+    fingerprint: tuple = ()
+    attempts: int = 0  # failed loads so far
+    retry_at: float = 0.0  # time.monotonic() of the next retry after a failure
 
 
 class ModelManager:
@@ -345,6 +368,7 @@ class ModelManager:
         poll_seconds: how often the base paths are scanned (0: only by :meth:`poll`).
         max_image_pixels: largest image (width x height) accepted in a DT_STRING input.
         batcher: an optional :class:`kerascls.serving.batching.Batcher` that merges requests.
+        max_request_pixels: most image pixels in one request, all images together.
     """
 
     def __init__(
@@ -353,9 +377,11 @@ class ModelManager:
         poll_seconds: float = 1.0,
         max_image_pixels: int = 40_000_000,
         batcher=None,
+        max_request_pixels: int | None = None,
     ):
         self.poll_seconds = poll_seconds
         self.max_image_pixels = max_image_pixels
+        self.max_request_pixels = max_request_pixels
         self.batcher = batcher
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
@@ -401,17 +427,15 @@ class ModelManager:
         for version in sorted(wanted, reverse=True):
             state = states.get(version)
             path = on_disk[version]
-            mtime = _mtime(path)
             if state is not None and state.state in ("LOADING", "AVAILABLE"):
                 continue
-            if (
-                state is not None
-                and state.state == "END"
-                and state.error_code != "OK"
-                and state.mtime == mtime
-            ):
-                continue  # failed before and unchanged since: do not retry every poll
-            self._load(model.name, version, path, mtime)
+            fingerprint = _fingerprint(path)
+            attempts = 0
+            if state is not None and state.state == "END" and state.error_code != "OK":
+                if state.fingerprint == fingerprint and time.monotonic() < state.retry_at:
+                    continue  # failed before, unchanged since, and its back-off not over
+                attempts = state.attempts if state.fingerprint == fingerprint else 0
+            self._load(model.name, version, path, fingerprint, attempts)
         available_wanted = [v for v in wanted if states.get(v) and states[v].state == "AVAILABLE"]
         for version, state in list(states.items()):
             if state.state != "AVAILABLE" or version in wanted:
@@ -426,30 +450,54 @@ class ModelManager:
             with self._lock:
                 state.state, state.servable = "END", None
 
-    def _load(self, name: str, version: int, path: Path, mtime: float) -> None:
+    def retry_delay(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed load (1, 2, 4, ... polls, capped)."""
+        base = self.poll_seconds if self.poll_seconds > 0 else 1.0
+        return min(MAX_RETRY_SECONDS, base * 2.0 ** max(0, attempts - 1))
+
+    def _load(
+        self, name: str, version: int, path: Path, fingerprint: tuple, attempts: int = 0
+    ) -> None:
         with self._lock:
-            self._states[name][version] = VersionState("LOADING", mtime=mtime)
+            self._states[name][version] = VersionState("LOADING", fingerprint=fingerprint)
         log.info("loading %s version %d from %s", name, version, path)
         started = time.perf_counter()
         try:
-            servable = Servable(name, version, path, self.max_image_pixels)
+            servable = Servable(name, version, path, self.max_image_pixels, self.max_request_pixels)
             records = servable.warmup()
-        except ServingError as exc:
-            log.error("loading %s version %d failed: %s", name, version, exc.message)
+        except Exception as exc:  # noqa: BLE001 - any load failure ends in the status, not a crash
+            if isinstance(exc, ServingError):
+                code, message = exc.code, exc.message
+            else:
+                text = str(exc).strip()
+                code = "UNKNOWN"
+                message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            attempts += 1
+            delay = self.retry_delay(attempts)
+            log.error(
+                "loading %s version %d failed (attempt %d; retrying in %.1f s or when its files "
+                "change): %s",
+                name,
+                version,
+                attempts,
+                delay,
+                message,
+            )
             with self._lock:
                 self._states[name][version] = VersionState(
-                    "END", exc.code, exc.message, None, mtime
+                    "END",
+                    code,
+                    message,
+                    None,
+                    fingerprint,
+                    attempts,
+                    time.monotonic() + delay,
                 )
             return
-        except Exception as exc:  # noqa: BLE001 - any load failure ends in the status, not a crash
-            text = str(exc).strip()
-            message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-            log.error("loading %s version %d failed: %s", name, version, message)
-            with self._lock:
-                self._states[name][version] = VersionState("END", "UNKNOWN", message, None, mtime)
-            return
         with self._lock:
-            self._states[name][version] = VersionState("AVAILABLE", servable=servable, mtime=mtime)
+            self._states[name][version] = VersionState(
+                "AVAILABLE", servable=servable, fingerprint=fingerprint
+            )
         log.info(
             "%s version %d is AVAILABLE (%.1fs, %d warmup records)",
             name,
@@ -603,8 +651,20 @@ class ModelManager:
             }
 
 
-def _mtime(path: Path) -> float:
+def _fingerprint(path: Path) -> tuple:
+    """(name, size, mtime) of every file of a version directory: changes when any file lands."""
+    entries = []
     try:
-        return path.stat().st_mtime
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                try:
+                    st = os.stat(os.path.join(root, name))
+                except OSError:
+                    continue
+                entries.append(
+                    (os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns)
+                )
     except OSError:
-        return 0.0
+        pass
+    return tuple(entries)

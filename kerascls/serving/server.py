@@ -21,9 +21,13 @@ unknown signatures or labels, 404 for unknown models and versions, 413 for a bod
 ``GetModelMetadata``, ``ModelService.GetModelStatus``.
 
 Beyond TF Serving: ``--host`` (default 127.0.0.1: nothing outside the machine can connect
-unless asked), ``--max_request_bytes`` (REST body and gRPC message cap) and
-``--max_image_pixels`` (encoded images in string inputs are measured from their headers and
-refused above the cap, before any decoding).
+unless asked), ``--max_request_bytes`` (REST body and gRPC message cap),
+``--max_instances_per_request`` (rows or first-dimension entries per request, checked before any
+conversion; gRPC tensors are also refused when their declared shape has more elements than the
+message has bytes), ``--max_image_pixels`` (encoded images in string inputs are measured from
+their headers and refused above the cap, before any decoding) and ``--max_request_pixels`` (the
+same, summed over a request). REST runs on aiohttp (:mod:`kerascls.serving.rest`): bodies and
+requests are bounded by ``--rest_api_timeout_in_ms`` and every error is JSON.
 """
 
 from __future__ import annotations
@@ -33,13 +37,11 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
 import urllib.parse
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from kerascls.errors import UserError, cli_main
@@ -55,6 +57,11 @@ log = logging.getLogger("kerascls.serving")
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
+# TF Serving's default max_batch_size (configs.BatchingConfig): rows per request.
+DEFAULT_MAX_INSTANCES = 1000
+DEFAULT_REST_TIMEOUT_MS = 30000
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC takes the message cap as a signed 32-bit int
 
 _PREDICT_RE = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
@@ -82,9 +89,17 @@ def _message_dict(message, field_names: bool) -> dict:
 class Service:
     """The operations both front ends expose, with metrics."""
 
-    def __init__(self, manager, metrics=None):
+    def __init__(
+        self,
+        manager,
+        metrics=None,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+        max_elements: int = DEFAULT_MAX_REQUEST_BYTES,
+    ):
         self.manager = manager
         self.metrics = metrics
+        self.max_instances = max_instances
+        self.max_elements = max_elements
 
     def observe(self, model: str, api: str, entrypoint: str, started: float, code: str) -> None:
         if self.metrics is not None:
@@ -160,7 +175,7 @@ class Service:
                 )
             return {k: v[0] for k, v in sig.inputs.items()}
 
-        parsed = parse_predict_body(body, input_dtypes)
+        parsed = parse_predict_body(body, input_dtypes, self.max_instances)
         _, outputs = self.manager.run(servable, parsed.signature_name, parsed.inputs)
         return format_predict_response(outputs, parsed.row_format)
 
@@ -186,136 +201,6 @@ class Service:
 
 
 # ---------------------------------------------------------------------------------------------
-# REST front end
-
-
-class _RestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "kerascls-model-server"
-    timeout = 60
-    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms ACK stall
-
-    def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
-        log.debug("REST %s - %s", self.address_string(), format % args)
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _error(self, status: int, message: str, close: bool = False) -> None:
-        from kerascls.serving.jsonwire import error_body
-
-        if close:
-            self.close_connection = True
-        self._send(status, error_body(message))
-
-    def _read_body(self) -> bytes | None:
-        cap = self.server.max_request_bytes
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks, total = [], 0
-            while True:
-                line = self.rfile.readline(1024)
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    self._error(400, "malformed chunked request body", close=True)
-                    return None
-                if size == 0:
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                total += size
-                if total > cap:
-                    self._error(
-                        413,
-                        f"request body is larger than the limit of {cap} bytes "
-                        "(--max_request_bytes)",
-                        close=True,
-                    )
-                    return None
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(1024)
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return b""
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self._error(400, f"invalid Content-Length: {raw}", close=True)
-            return None
-        if length > cap:
-            self._drain(length)
-            self._error(
-                413,
-                f"request body of {length} bytes is larger than the limit of {cap} "
-                "bytes (--max_request_bytes)",
-                close=True,
-            )
-            return None
-        return self.rfile.read(length) if length else b""
-
-    def _drain(self, length: int) -> None:
-        """Read and drop a refused body of moderate size, so the client sees the 413 answer."""
-        if length > 4 * self.server.max_request_bytes + (1 << 20):
-            return
-        while length > 0:
-            chunk = self.rfile.read(min(length, 1 << 16))
-            if not chunk:
-                return
-            length -= len(chunk)
-
-    def _handle(self) -> None:
-        body = self._read_body()
-        if body is None:
-            return
-        path = urllib.parse.urlsplit(self.path).path
-        srv = self.server
-        if srv.metrics_path and path == srv.metrics_path and self.command == "GET":
-            self._send(200, srv.render_metrics().encode(), "text/plain; version=0.0.4")
-            return
-        if not path.lower().startswith("/v1/"):
-            self._error(404, f"Not found: {self.command} {path}. The API lives under /v1/models/")
-            return
-        with srv.slots:
-            status, payload, ctype = srv.service.rest(self.command, path, body)
-        self._send(status, payload, ctype)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
-
-
-class _RestServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
-
-    def __init__(
-        self,
-        address,
-        service: Service,
-        max_request_bytes: int,
-        threads: int,
-        metrics_path: str | None,
-        render_metrics,
-    ):
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.address_family = family
-        super().__init__(address, _RestHandler)
-        self.service = service
-        self.max_request_bytes = max_request_bytes
-        self.slots = threading.BoundedSemaphore(threads)
-        self.metrics_path = metrics_path
-        self.render_metrics = render_metrics
-
-
-# ---------------------------------------------------------------------------------------------
 # gRPC front end
 
 
@@ -327,7 +212,8 @@ def _grpc_servicers(service: Service):
         prediction_service_pb2_grpc,
     )
 
-    from kerascls.serving.manager import numpy_to_tensor, tensor_to_numpy
+    from kerascls.serving.manager import numpy_to_tensor
+    from kerascls.serving.tensors import to_numpy
 
     manager = service.manager
 
@@ -356,7 +242,15 @@ def _grpc_servicers(service: Service):
             name, version, label = spec_args(request.model_spec)
 
             def run():
-                inputs = {k: tensor_to_numpy(v) for k, v in request.inputs.items()}
+                inputs = {
+                    k: to_numpy(
+                        v,
+                        max_elements=service.max_elements,
+                        max_batch=service.max_instances,
+                        name=k,
+                    )
+                    for k, v in request.inputs.items()
+                }
                 servable, sig, outputs = manager.predict(
                     name,
                     version,
@@ -425,8 +319,11 @@ class ModelServer:
         grpc_port: gRPC port; 0 picks a free one, None disables gRPC.
         rest_port: REST port; 0 picks a free one, None disables REST.
         poll_seconds: how often base paths are scanned for new versions.
-        max_request_bytes: REST body and gRPC message cap.
+        max_request_bytes: REST body and gRPC message cap (at most 2**31 - 1, gRPC's limit).
         max_image_pixels: cap on width x height of encoded images in string inputs.
+        max_request_pixels: cap on the pixels of all images of one request.
+        max_instances: rows (or first-dimension entries) per request.
+        rest_timeout: seconds to read a REST body, and seconds to answer it.
         batching: merge concurrent requests (``--enable_batching``) with these parameters.
         monitoring: Prometheus metrics settings.
         rest_threads: requests the REST side runs at once.
@@ -448,6 +345,9 @@ class ModelServer:
         poll_seconds: float = 1.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+        rest_timeout: float = DEFAULT_REST_TIMEOUT_MS / 1000.0,
         batching: BatchingConfig | None = None,
         monitoring: MonitoringConfig | None = None,
         rest_threads: int | None = None,
@@ -459,17 +359,34 @@ class ModelServer:
         from kerascls.serving.manager import ModelManager
         from kerascls.serving.metrics import Metrics
 
+        for what, value in (
+            ("max_request_bytes", max_request_bytes),
+            ("max_image_pixels", max_image_pixels),
+            ("max_request_pixels", max_request_pixels),
+            ("max_instances", max_instances),
+            ("rest_timeout", rest_timeout),
+        ):
+            if not value > 0:
+                raise UserError(f"{what} must be positive. Received: {value}")
+        if max_request_bytes > GRPC_MAX_MESSAGE_BYTES:
+            raise UserError(
+                f"max_request_bytes must be at most {GRPC_MAX_MESSAGE_BYTES} (gRPC's limit). "
+                f"Received: {max_request_bytes}"
+            )
         self.host = host
         self._grpc_port, self._rest_port = grpc_port, rest_port
         self.max_request_bytes = max_request_bytes
+        self.rest_timeout = rest_timeout
         self.monitoring = monitoring or MonitoringConfig()
         cpus = os.cpu_count() or 1
         self.rest_threads = rest_threads or 4 * cpus
         self.grpc_threads = grpc_threads or 4 * cpus
         self.batcher = Batcher(batching) if batching is not None else None
-        self.manager = ModelManager(models, poll_seconds, max_image_pixels, self.batcher)
+        self.manager = ModelManager(
+            models, poll_seconds, max_image_pixels, self.batcher, max_request_pixels
+        )
         self.metrics = Metrics()
-        self.service = Service(self.manager, self.metrics)
+        self.service = Service(self.manager, self.metrics, max_instances, max_request_bytes)
         if config_file is not None and config_poll_seconds > 0:
             self.manager.config_reloader = _ConfigReloader(
                 Path(config_file), config_poll_seconds, self.manager
@@ -478,7 +395,6 @@ class ModelServer:
         self.rest_port: int | None = None
         self._grpc = None
         self._rest = None
-        self._rest_thread = None
 
     def render_metrics(self) -> str:
         snap = self.manager.snapshot()
@@ -530,34 +446,29 @@ class ModelServer:
         log.info("Running gRPC ModelServer at %s:%d ...", self.host, port)
 
     def _start_rest(self) -> None:
+        from kerascls.serving.rest import RestFrontEnd
+
         metrics_path = (
             self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None
         )
-        try:
-            server = _RestServer(
-                (self.host, self._rest_port),
-                self.service,
-                self.max_request_bytes,
-                self.rest_threads,
-                metrics_path,
-                self.render_metrics,
-            )
-        except OSError as exc:
-            raise UserError(
-                f"cannot listen for REST on {self.host}:{self._rest_port}: {exc.strerror or exc}"
-            ) from None
-        self._rest, self.rest_port = server, server.server_address[1]
-        self._rest_thread = threading.Thread(
-            target=server.serve_forever, name="rest", kwargs={"poll_interval": 0.2}, daemon=True
+        front = RestFrontEnd(
+            self.service,
+            self.host,
+            self._rest_port,
+            self.max_request_bytes,
+            self.rest_threads,
+            self.rest_timeout,
+            metrics_path,
+            self.render_metrics,
         )
-        self._rest_thread.start()
+        self.rest_port = front.start()
+        self._rest = front
         log.info("Exporting HTTP/REST API at:%s:%d ...", self.host, self.rest_port)
 
     def stop(self) -> None:
         """Close the ports, stop polling and batching."""
         if self._rest is not None:
-            self._rest.shutdown()
-            self._rest.server_close()
+            self._rest.stop()
             self._rest = None
         if self._grpc is not None:
             self._grpc.stop(grace=1).wait()
@@ -691,8 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rest_api_timeout_in_ms",
         type=int,
-        default=30000,
-        help="socket timeout of a REST connection in ms (default 30000)",
+        default=DEFAULT_REST_TIMEOUT_MS,
+        help="most time to receive a REST body, and to answer it, in ms "
+        f"(default {DEFAULT_REST_TIMEOUT_MS})",
     )
     p.add_argument(
         "--grpc_max_threads", type=int, default=0, help="gRPC worker threads (default 4 x CPUs)"
@@ -715,6 +627,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest encoded image, width x height, accepted in string inputs "
         f"(default {DEFAULT_MAX_IMAGE_PIXELS})",
     )
+    p.add_argument(
+        "--max_request_pixels",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_PIXELS,
+        help=f"most image pixels in one request, all images together "
+        f"(default {DEFAULT_MAX_REQUEST_PIXELS})",
+    )
+    p.add_argument(
+        "--max_instances_per_request",
+        type=int,
+        default=DEFAULT_MAX_INSTANCES,
+        help="most rows (instances, or first-dimension entries) in one predict request "
+        f"(default {DEFAULT_MAX_INSTANCES}, TF Serving's default batching limit)",
+    )
     return p
 
 
@@ -725,10 +651,36 @@ def _read(path: str, flag: str) -> str:
         raise UserError(f"{flag} {path}: {exc.strerror or exc}") from None
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag in range, before anything is loaded."""
+    for flag in ("port", "rest_api_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            raise UserError(f"--{flag} must be in 0..65535. Received: {getattr(args, flag)}")
+    for flag in (
+        "max_request_bytes",
+        "max_image_pixels",
+        "max_request_pixels",
+        "max_instances_per_request",
+        "file_system_poll_wait_seconds",
+        "rest_api_timeout_in_ms",
+    ):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag} must be positive. Received: {getattr(args, flag)}")
+    for flag in ("rest_api_num_threads", "grpc_max_threads", "model_config_file_poll_wait_seconds"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be 0 or more. Received: {getattr(args, flag)}")
+    if args.max_request_bytes > GRPC_MAX_MESSAGE_BYTES:
+        raise UserError(
+            f"--max_request_bytes must be at most {GRPC_MAX_MESSAGE_BYTES} (gRPC's message "
+            f"limit). Received: {args.max_request_bytes}"
+        )
+
+
 def server_from_args(args: argparse.Namespace) -> ModelServer:
     """A :class:`ModelServer` configured from parsed command-line flags."""
     from kerascls.serving.manager import ModelSource, parse_model_config
 
+    _check_flags(args)
     if args.model_config_file and args.model_base_path:
         raise UserError("give --model_config_file or --model_base_path, not both")
     if args.model_config_file:
@@ -742,12 +694,6 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
     for m in models:
         if not m.base_path.is_dir():
             raise UserError(f"model '{m.name}': base path {m.base_path} is not a directory")
-    for flag in ("port", "rest_api_port"):
-        if not 0 <= getattr(args, flag) <= 65535:
-            raise UserError(f"--{flag} must be in 0..65535. Received: {getattr(args, flag)}")
-    for flag in ("max_request_bytes", "max_image_pixels", "file_system_poll_wait_seconds"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag} must be positive. Received: {getattr(args, flag)}")
     batching = None
     if args.batching_parameters_file and not args.enable_batching:
         raise UserError("--batching_parameters_file needs --enable_batching")
@@ -768,7 +714,6 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
         if args.monitoring_config_file
         else None
     )
-    _RestHandler.timeout = max(1.0, args.rest_api_timeout_in_ms / 1000.0)
     return ModelServer(
         models,
         host=args.host,
@@ -777,6 +722,9 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
         poll_seconds=args.file_system_poll_wait_seconds,
         max_request_bytes=args.max_request_bytes,
         max_image_pixels=args.max_image_pixels,
+        max_request_pixels=args.max_request_pixels,
+        max_instances=args.max_instances_per_request,
+        rest_timeout=args.rest_api_timeout_in_ms / 1000.0,
         batching=batching,
         monitoring=monitoring,
         rest_threads=args.rest_api_num_threads or None,

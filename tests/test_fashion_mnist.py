@@ -288,4 +288,4 @@ def test_real_fashion_mnist_trains_and_detects_digits(real_fashion_dir, tmp_path
     assert all(0.0 <= v <= 1.0 for part in ("auroc", "aupr") for v in ood[part].values())
     assert ood["auroc"]["entropy"] > 0.6, ood["auroc"]  # digits look unlike clothes
     assert "OOD AUROC vs mnist_sample" in text and "OOD AUPR" in text
-    assert (tmp_path / "eval" / "ood_mnist_sample.png").is_file()
+    assert (tmp_path / "eval" / "ood_mnist-sample.png").is_file()

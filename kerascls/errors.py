@@ -28,6 +28,10 @@ def did_you_mean(kind: str, received: str, choices: Iterable[str],
     return msg
 
 
+# entry points that never import Keras, so that KERAS_BACKEND does not concern them
+_KERAS_FREE = ("kerascls.serving",)
+
+
 def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap an entry point: UserError and other failures become one line on stderr.
 
@@ -38,6 +42,11 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
     def wrapper(*args, **kwargs) -> int:
         prog = (fn.__module__ or "kerascls").replace("__main__", "kerascls")
         try:
+            spec = getattr(fn, "__globals__", {}).get("__spec__")
+            if not (getattr(spec, "name", None) or prog).startswith(_KERAS_FREE):
+                from kerascls.backend import check_backend
+
+                check_backend()  # before Keras is imported: one line for a bad KERAS_BACKEND
             return int(fn(*args, **kwargs) or 0)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -21,7 +21,11 @@ overlay) and ``<stem>.<method>.npy`` (the raw float32 map, input height x width)
 and the ``K`` most uncertain test images, with their maps (``wrong.png``, ``uncertain.png``,
 ``gallery.json`` and one ``.npy`` stack per gallery and method).
 
-Gradients are taken with ``tf.GradientTape``, so explain needs the TensorFlow Keras backend.
+Gradients go through the Keras backend's own autodiff (``tf.GradientTape``, ``jax.grad``,
+``torch.autograd.grad``; :func:`gradient` is the only backend-specific code), so explain runs on
+the tensorflow, jax and torch backends alike. Grad-CAM splits the model at its layer into the
+part before it and the part after it, so the layer must separate the two: a block output, not a
+layer inside a residual block whose shortcut bypasses it.
 
 Example:
     python -m kerascls.explain runs/lenet-digits digit.png --methods saliency,gradcam
@@ -49,15 +53,38 @@ PIXEL_RANGE = 255.0
 # backend and model inspection
 
 
-def check_backend() -> None:
-    """Raise :class:`UserError` unless Keras runs on TensorFlow (gradients use GradientTape)."""
+def gradient(fn, x: np.ndarray) -> np.ndarray:
+    """``d sum(fn(x)) / d x`` through the current Keras backend's autodiff, as float32 numpy.
+
+    ``fn`` maps a backend tensor to per-image scores built from Keras layers and ``keras.ops``;
+    each image's score depends on that image only, so the gradient of the sum is each image's
+    own gradient.
+    """
     import keras
 
     backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise UserError(f"explain needs the TensorFlow Keras backend for its gradients "
-                        f"(tf.GradientTape); the current backend is {backend}. "
-                        "Run it with KERAS_BACKEND=tensorflow")
+    xt = keras.ops.convert_to_tensor(np.asarray(x, np.float32))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            total = tf.reduce_sum(fn(xt))
+        grad = tape.gradient(total, xt)
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        grad = jax.grad(lambda v: jnp.sum(fn(v)))(xt)
+    elif backend == "torch":
+        import torch
+
+        xt = xt.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(fn(xt).sum(), xt)
+    else:
+        raise UserError(f"explain takes gradients on the tensorflow, jax or torch backend; "
+                        f"the current backend is {backend}")
+    return np.asarray(keras.ops.convert_to_numpy(grad), dtype=np.float32)
 
 
 def parse_methods(spec: str) -> tuple[str, ...]:
@@ -146,7 +173,6 @@ class Explainer:
     """
 
     def __init__(self, model, layer: str | None = None):
-        check_backend()
         import keras
 
         self.model = model
@@ -157,13 +183,22 @@ class Explainer:
 
     @property
     def cam_model(self):
+        """``(features, head)``: input -> the Grad-CAM layer's maps, and those maps -> score."""
         if self._cam_model is None:
             import keras
 
             score, _ = _score_tensor(self.model)
-            self._cam_model = keras.Model(
-                _single_input(self.model), [self.model.get_layer(self.layer_name).output, score],
-                name=f"{self.model.name}_gradcam")
+            maps = self.model.get_layer(self.layer_name).output
+            try:
+                head = keras.Model(maps, score, name=f"{self.model.name}_gradcam_head")
+            except ValueError:
+                raise UserError(
+                    f"--layer {self.layer_name} does not separate model '{self.model.name}': the "
+                    "class score also depends on earlier layers (a shortcut bypasses it); choose "
+                    f"a block output such as {find_last_conv_layer(self.model)}") from None
+            features = keras.Model(_single_input(self.model), maps,
+                                   name=f"{self.model.name}_gradcam_features")
+            self._cam_model = (features, head)
         return self._cam_model
 
     # -- helpers --------------------------------------------------------------------------------
@@ -190,28 +225,26 @@ class Explainer:
             raise UserError(f"class index must be in 0..{n - 1}. Received: {idx.tolist()}")
         return idx
 
-    def _scores(self, out, classes):
-        import tensorflow as tf
+    def _score_fn(self, model, classes: np.ndarray):
+        """Tensor -> the explained class's score per image (logit, or log-probability)."""
+        from keras import ops
 
-        picked = tf.gather(out, classes, batch_dims=1)
-        if self.score_kind == "probability":
-            picked = tf.math.log(tf.maximum(picked, 1e-12))
-        return picked
+        def scores(t):
+            picked = ops.take_along_axis(model(t, training=False),
+                                         ops.convert_to_tensor(classes[:, None]), axis=1)[:, 0]
+            if self.score_kind == "probability":
+                picked = ops.log(ops.maximum(picked, 1e-12))
+            return picked
+
+        return scores
 
     def input_gradients(self, images, class_index=None, batch_size: int = 64) -> np.ndarray:
         """``d score / d pixels``: float32 ``(N, H, W, 3)``."""
-        import tensorflow as tf
-
         x = self._prepare(images)
         classes = self._classes(x, class_index)
-        out = []
-        for start in range(0, len(x), batch_size):
-            xb = tf.convert_to_tensor(x[start:start + batch_size])
-            with tf.GradientTape() as tape:
-                tape.watch(xb)
-                scores = self._scores(self.score_model(xb, training=False),
-                                      classes[start:start + batch_size])
-            out.append(tape.gradient(scores, xb).numpy())
+        out = [gradient(self._score_fn(self.score_model, classes[i:i + batch_size]),
+                        x[i:i + batch_size])
+               for i in range(0, len(x), batch_size)]
         return np.concatenate(out).astype(np.float32)
 
     # -- the methods ----------------------------------------------------------------------------
@@ -247,21 +280,20 @@ class Explainer:
 
     def gradcam(self, images, class_index=None, batch_size: int = 64) -> np.ndarray:
         """Grad-CAM at :attr:`layer_name`, upsampled (bilinear) to the input size: ``(N, H, W)``."""
-        import tensorflow as tf
+        import keras
 
         x = self._prepare(images)
         classes = self._classes(x, class_index)
+        features_model, head = self.cam_model
         maps = []
         for start in range(0, len(x), batch_size):
-            xb = tf.convert_to_tensor(x[start:start + batch_size])
-            with tf.GradientTape() as tape:
-                features, out = self.cam_model(xb, training=False)
-                scores = self._scores(out, classes[start:start + batch_size])
-            grads = tape.gradient(scores, features)
-            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-            cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
-            cam = tf.image.resize(cam, x.shape[1:3], method="bilinear")
-            maps.append(cam.numpy()[..., 0])
+            features = np.asarray(features_model.predict_on_batch(x[start:start + batch_size]),
+                                  np.float32)
+            grads = gradient(self._score_fn(head, classes[start:start + batch_size]), features)
+            weights = grads.mean(axis=(1, 2), keepdims=True)
+            cam = np.maximum((weights * features).sum(axis=-1, keepdims=True), 0.0)
+            cam = keras.ops.image.resize(cam, x.shape[1:3], interpolation="bilinear")
+            maps.append(keras.ops.convert_to_numpy(cam)[..., 0])
         return np.concatenate(maps).astype(np.float32)
 
     def explain(self, images, method: str, class_index=None, **options) -> np.ndarray:
@@ -294,7 +326,6 @@ def region_mass(maps, mask) -> np.ndarray:
 
 def explainer_for_run(run, layer: str | None = None) -> Explainer:
     """An :class:`Explainer` for a Keras 3 run; Bayesian (tf_keras) runs are refused."""
-    check_backend()
     if run.is_bayesian:
         raise UserError(f"{run.path} is a Bayesian (tf_keras) run; explain takes Keras 3 runs. "
                         "Explain its deterministic twin (e.g. lenet for bnn_cnn) instead")
@@ -564,9 +595,9 @@ def gallery(run, k: int, *, kinds=("wrong", "uncertain"), methods=("saliency", "
 
 
 def build_parser():
-    from kerascls.config import _Parser
+    from kerascls.cli import Parser
 
-    p = _Parser(prog="python -m kerascls.explain", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m kerascls.explain", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="run directory written by python -m kerascls.train")
     p.add_argument("images", nargs="*", help="image files to explain (jpg, png, bmp, gif)")
     p.add_argument("--methods", default=",".join(METHODS),
@@ -598,7 +629,6 @@ def main(argv: list[str] | None = None) -> int:
     for p in args.images:
         if not Path(p).exists():
             raise UserError(f"image not found: {p}")
-    check_backend()
     run = load_run(args.run_dir)
     if run.is_bayesian:
         explainer_for_run(run)

@@ -66,7 +66,12 @@ def export_format(run, name: str, out_dir: Path, **options) -> list[Path]:
 def export_run(run_dir, formats: str, *, models_dir=None, version=None,
                representative_size=None, ensemble_members=None,
                report: bool = True) -> dict[str, list[Path]]:
-    """Export ``run_dir`` in every format of ``formats`` and write the export report."""
+    """Export ``run_dir`` in every format of ``formats`` and write the export report.
+
+    On the jax and torch backends the artifacts are written by a TensorFlow-backend child
+    process (:mod:`kerascls.export.backend`); the report is built here, on this backend.
+    """
+    from kerascls.export.backend import export_in_tensorflow, needs_tensorflow_process
     from kerascls.runs import load_run
 
     run = load_run(run_dir)
@@ -74,14 +79,18 @@ def export_run(run_dir, formats: str, *, models_dir=None, version=None,
     offered = {"models_dir": models_dir, "version": version,
                "representative_size": representative_size}
     artifacts: dict[str, list[Path]] = {}
-    for name in names:
-        allowed = FORMATS[name][1]
-        opts = {k: v for k, v in offered.items() if k in allowed}
-        out_dir = run.path / "tflite" if name.startswith("tflite") else run.path
-        artifacts[name] = export_format(run, name, out_dir, ensemble_members=ensemble_members,
-                                        **opts)
-        for p in artifacts[name]:
-            print(f"{name}: {p}")
+    if needs_tensorflow_process():  # jax / torch: convert model.keras on the TensorFlow backend
+        artifacts = export_in_tensorflow(run.path, names, ensemble_members=ensemble_members,
+                                         **offered)
+    else:
+        for name in names:
+            allowed = FORMATS[name][1]
+            opts = {k: v for k, v in offered.items() if k in allowed}
+            out_dir = run.path / "tflite" if name.startswith("tflite") else run.path
+            artifacts[name] = export_format(run, name, out_dir,
+                                            ensemble_members=ensemble_members, **opts)
+            for p in artifacts[name]:
+                print(f"{name}: {p}")
     if report:
         from kerascls.export.report import build_report
 

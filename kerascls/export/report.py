@@ -145,8 +145,16 @@ def tflite_latency(path: Path, image: np.ndarray, threads: int, runs: int) -> di
 
 
 def _this_process_threads() -> int | None:
-    """TensorFlow's thread count in this process when both pools are at their default size."""
+    """TensorFlow's thread count in this process when both pools are at their default size.
+
+    None on the jax and torch backends, whose Keras model is then timed in a fresh process
+    that pins the thread count (see :func:`_latency_worker`).
+    """
+    import keras
     import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        return None
 
     t = tf.config.threading
     if t.get_intra_op_parallelism_threads() or t.get_inter_op_parallelism_threads():
@@ -190,9 +198,29 @@ def _latency_worker(argv: list[str]) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
     from kerascls.runs import load_run
 
     print(json.dumps(_tf_times(load_run(run_dir), saved_models, np.load(npy), runs)), flush=True)
+
+
+def _keras_call(model, batch: np.ndarray):
+    """One inference call of a Keras model as its backend compiles it: a ``tf.function`` graph
+    on TensorFlow, ``predict_on_batch`` (jitted on jax, eager under ``no_grad`` on torch)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return lambda: model.predict_on_batch(batch)
+    import tensorflow as tf
+
+    x = tf.constant(batch)
+    graph = tf.function(lambda p: model(p, training=False), reduce_retracing=True)
+    return lambda: graph(x).numpy()
 
 
 def _tf_times(run, saved_models, batch: np.ndarray, runs: int) -> dict:
@@ -204,9 +232,7 @@ def _tf_times(run, saved_models, batch: np.ndarray, runs: int) -> dict:
     if run.is_bayesian:
         result["keras"] = _time_calls(lambda: run.predict_proba(batch), runs)
     else:
-        model = run.deployable()
-        graph = tf.function(lambda p: model(p, training=False), reduce_retracing=True)
-        result["keras"] = _time_calls(lambda: graph(x).numpy(), runs)
+        result["keras"] = _time_calls(_keras_call(run.deployable(), batch), runs)
     for directory in saved_models:
         fn = tf.saved_model.load(str(directory)).signatures["predict_pixels"]
         result[str(directory)] = _time_calls(lambda: fn(pixels=x)["probabilities"].numpy(), runs)
@@ -215,6 +241,12 @@ def _tf_times(run, saved_models, batch: np.ndarray, runs: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # the report
+
+
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()
 
 
 def compare(reference: np.ndarray, probs: np.ndarray, y: np.ndarray, labels: list[str],
@@ -309,11 +341,13 @@ def build_report(run, artifacts, *, latency_runs: int = LATENCY_RUNS,
         "run": str(Path(run.path).resolve()),
         "model_name": run.name,
         "test_examples": int(len(y)),
-        "reference": "keras (the deployed model, temperature applied)",
+        "reference": f"keras on the {_backend()} backend (the deployed model, temperature "
+                     "applied)",
+        "backend": _backend(),
         "recall_drop_threshold_points": RECALL_DROP_POINTS,
         "latency": {"batch": 1, "runs": latency_runs, "threads": list(threads),
                     "what": "tflite: set_tensor + invoke + get_tensor; keras and saved_model: "
-                            "one graph call"},
+                            f"one graph call (keras on the {_backend()} backend)"},
         "rows": rows,
         "warnings": warnings,
     }

@@ -132,3 +132,122 @@ def build_model(name: str, input_shape=(32, 32, 3), num_classes: int = 10, **ove
     """
     spec = get_spec(name)
     return spec.builder(tuple(int(v) for v in input_shape), int(num_classes), **overrides)
+
+
+# ------------------------------------------------------------------------------ builder arguments
+
+# Builder parameters that other options set (input shape and classes, --normalize, --dropout).
+NOT_MODEL_ARGS = ("input_shape", "num_classes", "name", "normalize", "dropout")
+
+
+def model_arguments(name: str) -> dict[str, Any]:
+    """The builder arguments ``--model-arg`` can set for ``name``, with the variant's values."""
+    import inspect
+
+    spec = get_spec(name)
+    try:
+        params = inspect.signature(spec.builder).parameters
+    except (TypeError, ValueError):  # pragma: no cover - every registered builder has one
+        return {}
+    return {p.name: p.default for p in params.values()
+            if p.name not in NOT_MODEL_ARGS and p.default is not inspect.Parameter.empty}
+
+
+def parse_model_arg_pairs(pairs, flag: str = "--model-arg") -> dict[str, Any]:
+    """``["depth=20", "widths=16,32,64"]`` -> ``{"depth": 20, "widths": "16,32,64"}``.
+
+    Values are read as YAML scalars or lists (``yaml.safe_load``: never evaluated); their types
+    are checked against the builder by :func:`check_model_args`.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, raw = str(pair).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"{flag} takes KEY=VALUE. Received: {flag} {pair}")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def _kinds(value) -> set[type]:
+    """The scalar types inside a (nested) tuple default."""
+    if isinstance(value, (tuple, list)):
+        return set().union(*(_kinds(v) for v in value)) if value else set()
+    return {type(value)}
+
+
+def _coerce(key: str, default, value, kinds: set[type] | None = None):
+    """``value`` as the type of ``default`` (lists become lists of the default's scalar types)."""
+    def bad(expected: str):
+        return UserError(f"model argument '{key}' must be {expected}. Received: {key}={value!r}")
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if isinstance(default, (tuple, list)):
+        if isinstance(value, str) and "," in value:
+            value = parse_model_arg_pairs([f"v=[{value}]"])["v"]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list (e.g. 2,2,2 or [2, 2, 2])")
+        kinds = kinds if kinds is not None else (_kinds(default) or {int})
+        out = []
+        for v in value:
+            if isinstance(v, (list, tuple)):
+                out.append(_coerce(key, (), v, kinds))
+            elif isinstance(v, bool) or type(v) not in kinds | ({int} if float in kinds else set()):
+                raise bad("a list of " + " or ".join(sorted(k.__name__ for k in kinds)))
+            else:
+                out.append(float(v) if float in kinds and int not in kinds else v)
+        return out
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if isinstance(default, float) or default is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    return value
+
+
+def check_model_args(name: str, args: dict[str, Any] | None) -> dict[str, Any]:
+    """Check ``args`` against the builder of ``name``; return them typed (lists, not tuples).
+
+    Unknown keys raise :class:`UserError` with the close matches among the builder's
+    parameters; values of the wrong type raise naming the key, the expected type and what was
+    received. Combinations the architecture cannot build are refused by the builder itself.
+    """
+    allowed = model_arguments(name)
+    out: dict[str, Any] = {}
+    for key, value in (args or {}).items():
+        if key not in allowed:
+            msg = did_you_mean("model argument", str(key), allowed).replace(
+                "'.", f"' for {name}.", 1)
+            if key in NOT_MODEL_ARGS:
+                msg += f" '{key}' has its own option (--{key.replace('_', '-')})."
+            raise UserError(msg)
+        out[key] = _coerce(key, allowed[key], value)
+    return out
+
+
+def _tuples(value):
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def model_arg_overrides(args: dict[str, Any] | None) -> dict[str, Any]:
+    """Checked model arguments as builder keywords (lists become tuples)."""
+    return {k: _tuples(v) for k, v in (args or {}).items()}

@@ -30,7 +30,8 @@ from kerascls.registry import build_model, get_spec
 from kerascls.transfer import REFERENCES
 
 MODELS = zoo_models()
-ZOO_FAMILIES = ("vgg", "resnet", "inception", "densenet", "mobilenet", "efficientnet", "darknet")
+ZOO_FAMILIES = ("vgg", "resnet", "inception", "densenet", "mobilenet", "mobilenet_v4",
+                "efficientnet", "darknet")
 ZOO = [n for n in MODELS if get_spec(n).family in ZOO_FAMILIES]
 HARNESS = Path(__file__).with_name("harness.py")
 OTHER_BACKENDS = ("jax", "torch")
@@ -129,6 +130,8 @@ def test_every_family_registers_its_variants():
         "densenet": {"densenet121", "densenet169", "densenet201", "densenet_bc100"},
         "mobilenet": {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small",
                       "mobilenet_v3_large"},
+        "mobilenet_v4": {f"mobilenet_v4_{v}" for v in ("conv_small", "conv_medium", "conv_large",
+                                                          "hybrid_medium", "hybrid_large")},
         "efficientnet": {f"efficientnet_b{i}" for i in range(8)},
         "darknet": {"darknet53"},
     }

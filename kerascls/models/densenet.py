@@ -21,6 +21,7 @@ import functools
 
 from keras import layers
 
+from kerascls.errors import UserError
 from kerascls.layers import assemble
 from kerascls.registry import register
 from kerascls.shapes import resolve_stem, size_checked
@@ -53,11 +54,15 @@ def dense_layer(x, growth_rate, name):
 def transition(x, reduction, name):
     """BN-ReLU-1x1 convolution keeping ``reduction`` of the channels, 2x2 average pool."""
     x = _bn_relu(x, name)
-    x = layers.Conv2D(int(x.shape[-1] * reduction), 1, use_bias=False, name=f"{name}_conv")(x)
+    filters = int(x.shape[-1] * reduction)
+    if filters < 1:
+        raise UserError(f"compression {reduction} rounds the {x.shape[-1]} channels of "
+                        f"transition {name} to zero")
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_conv")(x)
     return layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
 
 
-def densenet_features(x, *, blocks, growth_rate, stem, reduction=0.5):
+def densenet_features(x, *, blocks, growth_rate, stem, compression=0.5):
     """Stem, dense blocks and transitions; names follow ``keras.applications`` (conv2_block1_...)."""
     if stem == "imagenet":
         x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
@@ -72,13 +77,14 @@ def densenet_features(x, *, blocks, growth_rate, stem, reduction=0.5):
         for i in range(n):
             x = dense_layer(x, growth_rate, f"conv{b + 2}_block{i + 1}")
         if b < len(blocks) - 1:
-            x = transition(x, reduction, f"pool{b + 2}")
+            x = transition(x, compression, f"pool{b + 2}")
     x = layers.BatchNormalization(epsilon=EPS, name="bn")(x)
     return layers.Activation("relu", name="relu")(x)
 
 
 def build_densenet(input_shape, num_classes, *, normalize=None, dropout=0.0, stem="auto",
-                   name="densenet121", blocks=(6, 12, 24, 16), growth_rate=32, reduction=0.5):
+                   name="densenet121", blocks=(6, 12, 24, 16), growth_rate=32,
+                   compression=0.5):
     """Build a DenseNet.
 
     Args:
@@ -90,11 +96,19 @@ def build_densenet(input_shape, num_classes, *, normalize=None, dropout=0.0, ste
         name: model name.
         blocks: bottleneck layers per dense block.
         growth_rate: channels each layer adds (k).
-        reduction: fraction of channels a transition keeps (compression).
+        compression: fraction of channels a transition keeps (theta, 0 < theta <= 1).
     """
+    if int(growth_rate) < 1:
+        raise UserError(f"growth_rate must be a positive integer (channels each layer adds). "
+                        f"Received: growth_rate={growth_rate}")
+    if not blocks or any(int(n) < 1 for n in blocks):
+        raise UserError(f"blocks must list at least one dense block of at least 1 layer. "
+                        f"Received: blocks={tuple(blocks)}")
+    if not 0 < compression <= 1:
+        raise UserError(f"compression must be in (0, 1]. Received: compression={compression}")
     stem = resolve_stem(stem, input_shape)
     backbone = functools.partial(densenet_features, blocks=tuple(blocks),
-                                 growth_rate=growth_rate, stem=stem, reduction=reduction)
+                                 growth_rate=growth_rate, stem=stem, compression=compression)
     return assemble(name, input_shape, backbone, normalize=normalize, num_classes=num_classes,
                     dropout=dropout)
 

@@ -14,7 +14,8 @@ rounded to multiples of 8 (never losing more than 10%) and block repeats are rou
 use the coefficients released with the paper (:data:`COEFFICIENTS`, those of the reference
 implementation and ``keras.applications``). Only B2's width and depth are the formula exactly
 (phi = 1: 1.1 and 1.2); the others depart from it beyond rounding (B7's depth 3.1 means phi = 6.2, whose
-width would be 1.81, not 2.0). With the released coefficients every variant at its native
+width would be 1.81, not 2.0). ``python -m kerascls.models scale efficientnet`` tabulates the
+formula's networks (:mod:`kerascls.compound`). With the released coefficients every variant at its native
 resolution with 1000 classes and ``normalize=None`` has exactly the parameters of
 ``keras.applications.EfficientNetB0..B7(weights=None)``: 5,330,571; 7,856,239; 9,177,569;
 12,320,535; 19,466,823; 30,562,527; 43,265,143 and 66,658,687. Pass ``phi=`` to build a network
@@ -73,7 +74,8 @@ COEFFICIENTS = {
     "efficientnet_b6": (1.8, 2.6, 528, 0.5),
     "efficientnet_b7": (2.0, 3.1, 600, 0.5),
 }
-VARIANTS = {name: dict(width=w, depth=d) for name, (w, d, _, _) in COEFFICIENTS.items()}
+VARIANTS = {name: dict(width_coefficient=w, depth_coefficient=d)
+            for name, (w, d, _, _) in COEFFICIENTS.items()}
 NATIVE_SIZE = {name: r for name, (_, _, r, _) in COEFFICIENTS.items()}
 MIN_SIZE = 8  # total stride with the CIFAR stem
 
@@ -161,9 +163,21 @@ def efficientnet_features(x, *, width, depth, drop_path_rate, stem, standardize)
     return layers.Activation("swish", name="top_activation")(x)
 
 
+def check_coefficients(width_coefficient: float, depth_coefficient: float) -> None:
+    """Refuse coefficients that leave a stage without channels or blocks."""
+    if not width_coefficient > 0 or not depth_coefficient > 0:
+        raise UserError(f"width_coefficient and depth_coefficient must be positive. Received: "
+                        f"width_coefficient={width_coefficient}, "
+                        f"depth_coefficient={depth_coefficient}")
+    narrowest = min(min(row[2], row[3]) for row in B0_STAGES)
+    if int(narrowest * width_coefficient) < 1:
+        raise UserError(f"width_coefficient={width_coefficient} rounds the {narrowest}-channel "
+                        f"stage to {int(narrowest * width_coefficient)} channels")
+
+
 def build_efficientnet(input_shape, num_classes, *, normalize=None, dropout=0.0, stem="auto",
-                       name="efficientnet_b0", width=1.0, depth=1.0, phi=None,
-                       drop_path_rate=0.2):
+                       name="efficientnet_b0", width_coefficient=1.0, depth_coefficient=1.0,
+                       resolution=0, phi=None, drop_path_rate=0.2):
     """Build an EfficientNet.
 
     Args:
@@ -174,19 +188,34 @@ def build_efficientnet(input_shape, num_classes, *, normalize=None, dropout=0.0,
         dropout: dropout before the classifier (the paper uses 0.2 for B0 up to 0.5 for B7).
         stem: ``auto``, ``cifar`` (stride-1 stem and first stage) or ``imagenet``.
         name: model name.
-        width: channel multiplier.
-        depth: block-repeat multiplier.
-        phi: if given, replaces ``width`` and ``depth`` with the compound-scaling formula.
+        width_coefficient: channel multiplier (beta^phi in compound scaling).
+        depth_coefficient: block-repeat multiplier (alpha^phi).
+        resolution: the resolution the network runs at (gamma^phi times the base); when not 0
+            and not the input size, a bilinear ``Resizing`` layer after the input resizes the
+            images to it, so the data can stay at its own size.
+        phi: if given, replaces the width and depth coefficients with the formula's.
         drop_path_rate: stochastic-depth rate of the last block.
     """
     if phi is not None:
         if phi < 0:
             raise UserError(f"phi must be non-negative. Received: phi={phi}")
-        width, depth, _ = compound_coefficients(phi)
-    stem = resolve_stem(stem, input_shape)
-    backbone = functools.partial(efficientnet_features, width=width, depth=depth,
-                                 drop_path_rate=drop_path_rate, stem=stem,
-                                 standardize=normalize is None)
+        width_coefficient, depth_coefficient, _ = compound_coefficients(phi)
+    check_coefficients(width_coefficient, depth_coefficient)
+    if resolution < 0:
+        raise UserError(f"resolution must be positive (or 0 for the input size). "
+                        f"Received: resolution={resolution}")
+    resize = bool(resolution) and tuple(input_shape[:2]) != (resolution, resolution)
+    stem = resolve_stem(stem, (resolution, resolution) if resize else input_shape)
+    backbone = functools.partial(efficientnet_features, width=width_coefficient,
+                                 depth=depth_coefficient, drop_path_rate=drop_path_rate,
+                                 stem=stem, standardize=normalize is None)
+    if resize:
+        features = backbone
+
+        def backbone(x):
+            x = layers.Resizing(resolution, resolution, interpolation="bilinear",
+                                name="resolution")(x)
+            return features(x)
     return assemble(name, input_shape, backbone, normalize=normalize, num_classes=num_classes,
                     dropout=dropout)
 

@@ -98,19 +98,51 @@ def _concat(branches, name):
 # ----------------------------------------------------------------------------------- GoogLeNet
 
 
-def googlenet_module(x, n1, n3r, n3, n5r, n5, pool_proj, *, name, kernel_5x5=5):
-    """The Inception module with its 1x1 reductions (Figure 2b)."""
-    b1 = conv_bn(x, n1, 1, name=f"{name}_1x1")
-    b2 = conv_bn(x, n3r, 1, name=f"{name}_3x3_reduce")
-    b2 = conv_bn(b2, n3, 3, name=f"{name}_3x3")
-    b3 = conv_bn(x, n5r, 1, name=f"{name}_5x5_reduce")
-    b3 = conv_bn(b3, n5, kernel_5x5, name=f"{name}_5x5")
-    b4 = layers.MaxPooling2D(3, strides=1, padding="same", name=f"{name}_pool")(x)
-    b4 = conv_bn(b4, pool_proj, 1, name=f"{name}_pool_proj")
-    return _concat([b1, b2, b3, b4], f"{name}_concat")
+POOL_TYPES = ("max", "avg")
 
 
-def googlenet_features(x, *, stem, kernel_5x5=5):
+def googlenet_module(x, n1, n3r, n3, n5r, n5, pool_proj, *, name, kernel_5x5=5,
+                     pool_type="max"):
+    """The Inception module with its 1x1 reductions (Figure 2b).
+
+    A path whose output filters are 0 is left out (``n3 = 0`` drops the 3x3 path, ``n5 = 0`` the
+    5x5 one, ``pool_proj = 0`` the pooling path); a reduction of 0 runs that path's convolution
+    on the module input directly. ``pool_type`` is the pooling path's ``max`` or ``avg``.
+    """
+    branches = []
+    if n1:
+        branches.append(conv_bn(x, n1, 1, name=f"{name}_1x1"))
+    for n_reduce, n_out, kernel, tag in ((n3r, n3, 3, "3x3"), (n5r, n5, kernel_5x5, "5x5")):
+        if n_out:
+            b = conv_bn(x, n_reduce, 1, name=f"{name}_{tag}_reduce") if n_reduce else x
+            branches.append(conv_bn(b, n_out, kernel, name=f"{name}_{tag}"))
+    if pool_proj:
+        pool = layers.MaxPooling2D if pool_type == "max" else layers.AveragePooling2D
+        b4 = pool(3, strides=1, padding="same", name=f"{name}_pool")(x)
+        branches.append(conv_bn(b4, pool_proj, 1, name=f"{name}_pool_proj"))
+    if len(branches) == 1:
+        return branches[0]
+    return _concat(branches, f"{name}_concat")
+
+
+def check_modules(modules) -> None:
+    """Raise :class:`UserError` for a GoogLeNet module table the builder cannot build."""
+    if not modules:
+        raise UserError("modules must list at least one Inception module")
+    for row in modules:
+        if row == "pool":
+            continue
+        if (not isinstance(row, (tuple, list)) or len(row) != 7
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in row[1:])):
+            raise UserError("each Inception module must be [name, #1x1, #3x3 reduce, #3x3, "
+                            "#5x5 reduce, #5x5, pool proj] with non-negative filter counts, "
+                            f"or 'pool'. Received: {row}")
+        if not (row[1] or row[3] or row[5] or row[6]):
+            raise UserError(f"Inception module {row[0]} has no path: at least one of #1x1, "
+                            f"#3x3, #5x5 and pool proj must be positive. Received: {row}")
+
+
+def googlenet_features(x, *, stem, kernel_5x5=5, modules=GOOGLENET, pool_type="max"):
     if stem == "imagenet":
         x = conv_bn(x, 64, 7, strides=2, name="conv1")
         x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
@@ -120,13 +152,13 @@ def googlenet_features(x, *, stem, kernel_5x5=5):
     else:
         x = conv_bn(x, 192, 3, name="conv1")
     pools = 3
-    for row in GOOGLENET:
+    for row in modules:
         if row == "pool":
             x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{pools}")(x)
             pools += 1
         else:
             x = googlenet_module(x, *row[1:], name=f"inception{row[0]}",
-                                 kernel_5x5=kernel_5x5)
+                                 kernel_5x5=kernel_5x5, pool_type=pool_type)
     return x
 
 
@@ -302,7 +334,8 @@ FEATURES = {1: googlenet_features, 3: inception_v3_features, 4: inception_v4_fea
 
 
 def build_inception(input_shape, num_classes, *, normalize=None, dropout=0.0, stem="auto",
-                    name="inception_v3", version=3, kernel_5x5=5):
+                    name="inception_v3", version=3, kernel_5x5=5, modules=GOOGLENET,
+                    pool_type="max"):
     """Build GoogLeNet (``version=1``), Inception-v3 or Inception-v4.
 
     Args:
@@ -314,13 +347,23 @@ def build_inception(input_shape, num_classes, *, normalize=None, dropout=0.0, st
         name: model name.
         version: 1, 3 or 4.
         kernel_5x5: kernel of GoogLeNet's "5x5" branch (3 gives torchvision's variant).
+        modules: GoogLeNet's module table (Table 1): rows ``[name, #1x1, #3x3 reduce, #3x3,
+            #5x5 reduce, #5x5, pool proj]`` and ``"pool"`` for a 3x3/2 max pool between them;
+            a path with 0 output filters is left out (see :func:`googlenet_module`).
+        pool_type: pooling of the modules' pooling path, ``max`` (the paper) or ``avg``.
     """
+    if pool_type not in POOL_TYPES:
+        raise UserError(f"pool_type must be one of {', '.join(POOL_TYPES)}. "
+                        f"Received: pool_type={pool_type}")
     stem = resolve_stem(stem, input_shape)
     if version == 1:
-        backbone = functools.partial(googlenet_features, stem=stem, kernel_5x5=kernel_5x5)
-    elif kernel_5x5 != 5:
-        raise UserError("kernel_5x5 applies to inception_v1 only. "
-                        f"Received: kernel_5x5={kernel_5x5}")
+        check_modules(modules)
+        backbone = functools.partial(googlenet_features, stem=stem, kernel_5x5=kernel_5x5,
+                                     modules=tuple(modules), pool_type=pool_type)
+    elif kernel_5x5 != 5 or tuple(modules) != GOOGLENET or pool_type != "max":
+        raise UserError("kernel_5x5, modules and pool_type apply to inception_v1 only. "
+                        f"Received: kernel_5x5={kernel_5x5}, pool_type={pool_type}"
+                        + ("" if tuple(modules) == GOOGLENET else ", modules=..."))
     else:
         backbone = functools.partial(FEATURES[version], stem=stem)
     return assemble(name, input_shape, backbone, normalize=normalize, num_classes=num_classes,

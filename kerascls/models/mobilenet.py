@@ -27,6 +27,7 @@ import functools
 
 from keras import layers
 
+from kerascls.errors import UserError
 from kerascls.layers import assemble, make_divisible, squeeze_excite
 from kerascls.registry import register
 from kerascls.shapes import resolve_stem, size_checked
@@ -219,6 +220,14 @@ def build_mobilenet(input_shape, num_classes, *, normalize=None, dropout=0.0, st
         alpha: width multiplier.
         depth_multiplier: depthwise channel multiplier (v1 only).
     """
+    if not alpha > 0:
+        raise UserError(f"alpha must be positive. Received: alpha={alpha}")
+    if version == "v1" and int(32 * alpha) < 1:
+        raise UserError(f"alpha={alpha} rounds the 32 channels of mobilenet_v1's stem to "
+                        f"{int(32 * alpha)}")
+    if int(depth_multiplier) < 1 or (depth_multiplier != 1 and version != "v1"):
+        raise UserError(f"depth_multiplier must be a positive integer and applies to "
+                        f"mobilenet_v1 only. Received: depth_multiplier={depth_multiplier}")
     stem = resolve_stem(stem, input_shape)
     head = None
     if version == "v1":

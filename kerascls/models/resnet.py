@@ -32,6 +32,7 @@ import functools
 import keras
 from keras import layers, ops
 
+from kerascls.errors import UserError
 from kerascls.layers import assemble
 from kerascls.registry import register
 from kerascls.shapes import resolve_stem, size_checked
@@ -211,9 +212,50 @@ def resnet_features(x, *, block, depths, widths, stem):
     return layers.Activation("relu", name="post_relu")(x)
 
 
+BLOCKS = ("basic", "bottleneck", "preact", "cifar")
+# Layers per block and the stage depths of the published networks (the CIFAR ResNets take any
+# depth 6n + 2).
+STANDARD_DEPTHS = {
+    "basic": {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)},
+    "bottleneck": {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)},
+    "preact": {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)},
+}
+
+
+def depths_for(block: str, depth: int, stages: int) -> tuple[int, ...]:
+    """Blocks per stage that give a ResNet of ``depth`` weighted layers with ``block``.
+
+    The CIFAR ResNets have ``depth = 6n + 2`` (n blocks in each of 3 stages); the ImageNet ones
+    are the published depths of their block type.
+    """
+    if block == "cifar":
+        if depth < 8 or (depth - 2) % (2 * stages):
+            raise UserError(f"ResNet depth {depth} cannot be made from cifar blocks: it must be "
+                            f"{2 * stages}n + 2 with n >= 1 (e.g. 20, 32, 44, 56, 110). "
+                            f"Received: depth={depth}")
+        return ((depth - 2) // (2 * stages),) * stages
+    known = STANDARD_DEPTHS[block]
+    if depth not in known:
+        raise UserError(f"ResNet depth {depth} cannot be made from {block} blocks: it must be "
+                        f"one of {', '.join(map(str, known))} (or set depths per stage). "
+                        f"Received: depth={depth}")
+    return known[depth]
+
+
+def check_resnet_args(block, depths, widths) -> None:
+    if block not in BLOCKS:
+        raise UserError(f"block must be one of {', '.join(BLOCKS)}. Received: block={block}")
+    if not depths or any(int(d) < 1 for d in depths):
+        raise UserError(f"depths must list at least one stage of at least 1 block. "
+                        f"Received: depths={tuple(depths)}")
+    if len(widths) != len(depths) or any(int(w) < 1 for w in widths):
+        raise UserError(f"widths must give a positive width for each of the {len(depths)} "
+                        f"stages. Received: widths={tuple(widths)}")
+
+
 def build_resnet(input_shape, num_classes, *, normalize=None, dropout=0.0, stem="auto",
                  name="resnet50", block="bottleneck", depths=(3, 4, 6, 3),
-                 widths=(64, 128, 256, 512)):
+                 widths=(64, 128, 256, 512), depth=0):
     """Build a ResNet.
 
     Args:
@@ -226,7 +268,14 @@ def build_resnet(input_shape, num_classes, *, normalize=None, dropout=0.0, stem=
         block: ``basic``, ``bottleneck``, ``preact`` (v2) or ``cifar`` (option-A shortcuts).
         depths: residual blocks per stage.
         widths: filters per stage (bottleneck blocks output four times as many).
+        depth: total weighted layers; when not 0 it sets ``depths`` (6n + 2 for ``cifar``
+            blocks with three stages, 18/34 for ``basic``, 50/101/152 for the bottlenecks).
     """
+    if depth:
+        if block not in BLOCKS:
+            raise UserError(f"block must be one of {', '.join(BLOCKS)}. Received: block={block}")
+        depths = depths_for(block, int(depth), len(widths))
+    check_resnet_args(block, depths, widths)
     stem = resolve_stem(stem, input_shape)
     backbone = functools.partial(resnet_features, block=block, depths=tuple(depths),
                                  widths=tuple(widths), stem=stem)

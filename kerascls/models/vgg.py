@@ -22,6 +22,7 @@ import functools
 
 from keras import layers
 
+from kerascls.errors import UserError
 from kerascls.layers import assemble
 from kerascls.registry import register
 from kerascls.shapes import resolve_stem, size_checked
@@ -38,15 +39,15 @@ DEPTHS = {
     "vgg19": (2, 2, 4, 4, 4),
 }
 VARIANTS = {
-    **{name: dict(depths=d, batch_norm=False) for name, d in DEPTHS.items()},
-    **{f"{name}_bn": dict(depths=d, batch_norm=True) for name, d in DEPTHS.items()},
+    **{name: dict(layers=d, batch_norm=False) for name, d in DEPTHS.items()},
+    **{f"{name}_bn": dict(layers=d, batch_norm=True) for name, d in DEPTHS.items()},
 }
 MIN_SIZE = 32  # five 2x2 max pools with valid padding
 
 
-def vgg_features(x, depths, *, batch_norm: bool):
-    """The five convolution blocks; layer names follow ``keras.applications`` (block1_conv1...)."""
-    for b, (n, width) in enumerate(zip(depths, WIDTHS), start=1):
+def vgg_features(x, depths, *, batch_norm: bool, widths=WIDTHS):
+    """The convolution blocks; layer names follow ``keras.applications`` (block1_conv1...)."""
+    for b, (n, width) in enumerate(zip(depths, widths), start=1):
         for i in range(1, n + 1):
             name = f"block{b}_conv{i}"
             if batch_norm:
@@ -71,7 +72,7 @@ def fc_head(x, num_classes: int, *, dropout: float = 0.0, units: int = 4096):
 
 
 def build_vgg(input_shape, num_classes, *, normalize=None, dropout=0.0, stem="auto",
-              name="vgg16", depths=DEPTHS["vgg16"], batch_norm=False):
+              name="vgg16", layers=DEPTHS["vgg16"], batch_norm=False, filters=WIDTHS):
     """Build a VGG network.
 
     Args:
@@ -81,15 +82,25 @@ def build_vgg(input_shape, num_classes, *, normalize=None, dropout=0.0, stem="au
         dropout: dropout after each fc-4096 (ImageNet stem) or before the classifier (CIFAR).
         stem: ``auto``, ``cifar`` (GAP + Dense classifier) or ``imagenet`` (fc-4096 pair).
         name: model name.
-        depths: convolutions in each of the five blocks.
+        layers: 3x3 convolutions in each block (the paper's configurations have five blocks;
+            every block ends with a 2x2 max pool, so the input needs 2^blocks pixels).
         batch_norm: batch norm after every convolution.
+        filters: filters of each block's convolutions, one per block.
     """
+    depths = tuple(int(n) for n in layers)
+    if not depths or any(n < 1 for n in depths):
+        raise UserError(f"layers must give at least one convolution for each block. "
+                        f"Received: layers={tuple(layers)}")
+    if len(filters) != len(depths) or any(int(f) < 1 for f in filters):
+        raise UserError(f"filters must give a positive filter count for each of the "
+                        f"{len(depths)} blocks. Received: filters={tuple(filters)}")
     stem = resolve_stem(stem, input_shape)
     head = None
     if stem == "imagenet":
         head = functools.partial(fc_head, num_classes=num_classes, dropout=dropout)
     return assemble(name, input_shape,
-                    lambda x: vgg_features(x, depths, batch_norm=batch_norm), head,
+                    lambda x: vgg_features(x, depths, batch_norm=batch_norm,
+                                           widths=tuple(int(f) for f in filters)), head,
                     normalize=normalize, num_classes=num_classes, dropout=dropout)
 
 

@@ -31,6 +31,9 @@ def _field(default, help: str, choices=None, **kw):
     return dataclasses.field(default=default, metadata=meta, **kw)
 
 
+# Mapping fields and their repeatable KEY=VALUE flag.
+MAPPING_FLAGS = {"args": "--model-arg"}
+
 AUGMENTATIONS = ("crop", "flip", "jitter", "rotation", "zoom", "mixup", "cutmix")
 
 
@@ -67,6 +70,9 @@ class ModelConfig:
     prior_scale: float = _field(1.0, "Bayesian models: sigma of the N(0, sigma^2) weight prior")
     bnn_trunk: str = _field("flipout", "bnn_cnn: Flipout or deterministic convolutions under "
                             "the Flipout head", ("flipout", "deterministic"))
+    args: dict = _field({}, "builder arguments of the model, e.g. depth: 32 (YAML model.args; "
+                        "flag --model-arg KEY=VALUE, repeatable); checked against the builder "
+                        "and written back resolved")
 
 
 @dataclasses.dataclass
@@ -174,6 +180,14 @@ def _field_types(section) -> dict[str, type]:
 
 def parse_value(typ: type, raw: Any, where: str):
     """Parse ``raw`` as ``typ`` (bool, int, float, str); raise UserError naming ``where``."""
+    if typ is dict:
+        if isinstance(raw, (list, tuple)):  # repeated --model-arg KEY=VALUE
+            from kerascls.registry import parse_model_arg_pairs
+
+            return parse_model_arg_pairs(raw, where)
+        if not isinstance(raw, dict):
+            raise UserError(f"{where} must be a mapping of KEY: VALUE. Received: {raw!r}")
+        return {str(k): v for k, v in raw.items()}
     try:
         if typ is bool:
             if isinstance(raw, bool):
@@ -243,6 +257,11 @@ def make_parser(prog: str, description: str, sections=("data", "model", "train",
         section = getattr(defaults, sec_name)
         group = parser.add_argument_group(sec_name)
         for f in dataclasses.fields(section):
+            if f.name in MAPPING_FLAGS:
+                group.add_argument(MAPPING_FLAGS[f.name], dest=f"{sec_name}.{f.name}",
+                                   action="append", default=None, metavar="KEY=VALUE",
+                                   help=f.metadata.get("help", ""))
+                continue
             flag = "--" + f.name.replace("_", "-")
             helptext = f.metadata.get("help", "")
             helptext += f" (default: {getattr(section, f.name)!r})"
@@ -267,6 +286,9 @@ def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:
         section = getattr(cfg, sec)
         types = _field_types(section)
         for key, raw in values.items():
+            if key in MAPPING_FLAGS:  # flags add to (and override keys of) the file's mapping
+                getattr(section, key).update(parse_value(types[key], raw, MAPPING_FLAGS[key]))
+                continue
             setattr(section, key, parse_value(types[key], raw, "--" + key.replace("_", "-")))
     validate(cfg)
     return cfg

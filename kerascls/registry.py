@@ -222,12 +222,15 @@ def _coerce(key: str, default, value, kinds: set[type] | None = None):
     return value
 
 
-def check_model_args(name: str, args: dict[str, Any] | None) -> dict[str, Any]:
+def check_model_args(name: str, args: dict[str, Any] | None,
+                     input_shape=None) -> dict[str, Any]:
     """Check ``args`` against the builder of ``name``; return them typed (lists, not tuples).
 
     Unknown keys raise :class:`UserError` with the close matches among the builder's
     parameters; values of the wrong type raise naming the key, the expected type and what was
-    received. Combinations the architecture cannot build are refused by the builder itself.
+    received. Combinations the architecture cannot build are refused by the builder itself:
+    with ``input_shape`` the model is built once here (and discarded), so they are refused
+    before a run starts.
     """
     allowed = model_arguments(name)
     out: dict[str, Any] = {}
@@ -239,6 +242,11 @@ def check_model_args(name: str, args: dict[str, Any] | None) -> dict[str, Any]:
                 msg += f" '{key}' has its own option (--{key.replace('_', '-')})."
             raise UserError(msg)
         out[key] = _coerce(key, allowed[key], value)
+    if out and input_shape is not None:
+        import keras
+
+        build_model(name, input_shape, 2, **model_arg_overrides(out))
+        keras.backend.clear_session()
     return out
 
 

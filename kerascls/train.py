@@ -185,7 +185,7 @@ def _fit_keras(cfg: Config, splits, run_dir: Path, image_size: int) -> dict[str,
     import keras
 
     from kerascls.data.pipeline import class_weights, make_dataset, parse_augment
-    from kerascls.registry import build_model
+    from kerascls.registry import build_model, model_arg_overrides
 
     t = cfg.train
     nc = splits.num_classes
@@ -195,7 +195,8 @@ def _fit_keras(cfg: Config, splits, run_dir: Path, image_size: int) -> dict[str,
     steps = max(1, math.ceil(len(splits.x_train) / t.batch_size))
 
     model = build_model(cfg.model.model, (image_size, image_size, 3), nc,
-                        normalize=cfg.data.normalize, dropout=cfg.model.dropout)
+                        normalize=cfg.data.normalize, dropout=cfg.model.dropout,
+                        **model_arg_overrides(cfg.model.args))
     if cfg.model.pretrained:
         from kerascls.transfer import load_pretrained
 
@@ -383,11 +384,12 @@ def train(cfg: Config) -> Path:
 
     from kerascls.data import load_dataset
     from kerascls.data.sources import limit_train
-    from kerascls.registry import get_spec
+    from kerascls.registry import check_model_args, get_spec
 
     spec = get_spec(cfg.model.model)
     image_size = cfg.data.image_size or spec.default_size
     _check_model_input(cfg, image_size)
+    cfg.model.args = check_model_args(spec.name, cfg.model.args, (image_size, image_size, 3))
     if spec.framework == "tf_keras":  # refuse a jax/torch backend before anything is written
         from kerascls.models.bayesian import check_backend
 
@@ -421,6 +423,7 @@ def train(cfg: Config) -> Path:
 
     metadata = {
         "model_name": spec.name,
+        "model_args": cfg.model.args,
         "family": spec.family,
         "framework": spec.framework,
         "dataset": d.dataset,

@@ -33,7 +33,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 CONVS, HIDDEN = ((6, 5), (16, 5)), (120, 84)
 
@@ -62,8 +62,9 @@ def best_weights_callback(base):
 
 def build(impl: str, splits, args):
     """``(model, keras-like module)`` of ``impl`` for the digits splits."""
-    kwargs = dict(convs=CONVS, hidden=HIDDEN, normalize="unit", prior_scale=args.prior_scale,
-                  num_train_examples=len(splits.x_train), name="bnn_cnn")
+    kwargs = {"convs": CONVS, "hidden": HIDDEN, "normalize": "unit",
+              "prior_scale": args.prior_scale, "num_train_examples": len(splits.x_train),
+              "name": "bnn_cnn"}
     shape = (args.image_size, args.image_size, 3)
     if impl == "tfp":
         import tf_keras
@@ -127,7 +128,7 @@ def train_and_evaluate(impl: str, splits, args) -> dict:
         "train_seconds": round(train_seconds, 1),
         "train_images_per_second": round(args.epochs * len(splits.x_train) / train_seconds, 1),
         "mc_predict_seconds": round(predict_seconds, 2),
-        "num_test": int(len(y)),
+        "num_test": len(y),
         "epochs": args.epochs,
         "mc_samples": args.mc_samples,
         "load": os.getloadavg()[0],

@@ -24,8 +24,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 NUM_CLASSES = 3
 SIZE = 16
@@ -47,9 +47,8 @@ def build_keras_cnn(seed=None, **overrides):
     """The Keras 3 bnn_cnn at 16x16 (the layout of the registry's bnn_cnn)."""
     from kerascls.bayes import build_bnn
 
-    kwargs = dict(convs=((6, 5), (16, 5)), hidden=(120, 84), normalize="unit",
-                  num_train_examples=N_TRAIN, seed=seed, name="bnn_cnn")
-    kwargs.update(overrides)
+    kwargs = {"convs": ((6, 5), (16, 5)), "hidden": (120, 84), "normalize": "unit",
+              "num_train_examples": N_TRAIN, "seed": seed, "name": "bnn_cnn", **overrides}
     return build_bnn((SIZE, SIZE, 3), NUM_CLASSES, **kwargs)
 
 
@@ -86,7 +85,7 @@ def backend_checks() -> dict:
     out["mc_pass_difference"] = float(np.abs(mc[0] - mc[1]).max())
 
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
-    rho = lambda: np_(model.get_layer("conv1").kernel_untransformed_scale).copy()  # noqa: E731
+    rho = lambda: np_(model.get_layer("conv1").kernel_untransformed_scale).copy()
     before = rho()
     kl = kl_per_example(model)
     loss = float(model.train_on_batch(x, y, return_dict=True)["loss"])
@@ -214,7 +213,7 @@ def test_flipout_noise_has_the_posterior_spread(kind):
     ours_fn, theirs_fn = tf.function(lambda: layer(x)), tf.function(lambda: tfp_noisy(x))
     ours = np.stack([keras.ops.convert_to_numpy(ours_fn()) for _ in range(draws)])
     theirs = np.stack([theirs_fn().numpy() for _ in range(draws)])
-    loc, rho, _ = layer.get_weights()
+    _, rho, _ = layer.get_weights()
     sigma = np.logaddexp(0.0, rho) + np.finfo(np.float32).eps
     if kind == "dense":
         expected = np.sqrt(np.square(x) @ np.square(sigma))
@@ -332,7 +331,7 @@ def test_save_load_round_trip(tmp_path):
     path = tmp_path / "bnn.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    as_json = lambda c: json.loads(json.dumps(c, sort_keys=True))  # noqa: E731
+    as_json = lambda c: json.loads(json.dumps(c, sort_keys=True))
     assert as_json(loaded.get_config()) == as_json(model.get_config())
     assert type(loaded.get_layer("logits")) is DenseFlipout
     x = _images(4)

@@ -30,9 +30,8 @@ References:
 
 from __future__ import annotations
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import ops
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import contextlib
 
+import keras
 import numpy as np
 
-import keras
 from kerascls.bayes.flipout import Conv2DFlipout, DenseFlipout, FlipoutMixin
 from kerascls.errors import UserError
 from kerascls.layers import preprocessing_layer
@@ -81,8 +81,8 @@ def build_bnn(input_shape, num_classes: int, *, convs, hidden, normalize: str | 
         raise UserError("give num_train_examples or kl_weight, not both. Received: "
                         f"num_train_examples={num_train_examples}, kl_weight={kl_weight}")
     layer_index = iter(range(10**6))
-    variational = dict(prior_scale=float(prior_scale), kl_weight=float(kl_weight),
-                       posterior_scale_init=float(posterior_scale_init))
+    variational = {"prior_scale": float(prior_scale), "kl_weight": float(kl_weight),
+                   "posterior_scale_init": float(posterior_scale_init)}
 
     def next_seed():
         index = next(layer_index)
@@ -197,8 +197,8 @@ def posterior_weights(model, rng: np.random.Generator | None = None,
 
 def deterministic_twin(layer, name: str | None = None):
     """An ordinary ``Dense`` / ``Conv2D`` with the configuration of a Flipout layer (unbuilt)."""
-    common = dict(activation=layer.activation, use_bias=layer.use_bias,
-                  name=name or layer.name, dtype=layer.dtype_policy)
+    common = {"activation": layer.activation, "use_bias": layer.use_bias,
+              "name": name or layer.name, "dtype": layer.dtype_policy}
     if isinstance(layer, DenseFlipout):
         return keras.layers.Dense(layer.units, **common)
     if isinstance(layer, Conv2DFlipout):

@@ -159,3 +159,25 @@ def ood_histograms(scores_in: dict, scores_out: dict, aurocs: dict, path: str | 
         ax.legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def accuracy_vs_macs(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Validation accuracy against multiply-accumulates, one labelled point per row.
+
+    Rows carry ``macs``, ``val_accuracy`` and ``alpha``, ``beta``, ``gamma`` (a compound-scaling
+    search, :mod:`kerascls.compound`); the first row, the unscaled baseline, is drawn apart.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, r in enumerate(rows):
+        base = i == 0
+        ax.scatter(r["macs"] / 1e6, r["val_accuracy"], marker="s" if base else "o",
+                   color="gray" if base else "tab:blue", zorder=3)
+        label = "phi=0" if base else f"{r['alpha']:g}/{r['beta']:g}/{r['gamma']:g}"
+        ax.annotate(label, (r["macs"] / 1e6, r["val_accuracy"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("multiply-accumulates per image (millions)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title or "accuracy against MACs (alpha/beta/gamma)", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -6,6 +6,14 @@ Examples:
     python -m kerascls.models summary resnet50 --image-size 224 --num-classes 1000
     python -m kerascls.models params --image-size 224 --num-classes 1000
     python -m kerascls.models flops 'mobilenet*' --image-size 224
+    python -m kerascls.models summary resnet20 --model-arg depth=32 --model-arg widths=8,16,32
+    python -m kerascls.models scale efficientnet --phi 0..3 --alpha 1.2 --beta 1.1 --gamma 1.15
+    python -m kerascls.models scale efficientnet --search --dataset digits --epochs 3
+
+``summary --model-arg KEY=VALUE`` (repeatable) sets a builder argument, checked against the
+builder's signature (the same check as ``python -m kerascls.train --model-arg``). ``scale``
+builds compound-scaled networks and prints parameters, MACs and the MAC ratio to the first phi;
+``--search`` runs the grid search of alpha, beta and gamma (see :mod:`kerascls.compound`).
 
 ``params`` and ``flops`` take shell-style patterns (default: every model) and build each model at
 ``--image-size`` (default: the model's own default size). ``flops`` reports multiply-accumulates
@@ -20,7 +28,7 @@ import sys
 
 from kerascls.errors import UserError, cli_main
 
-COMMANDS = ("list", "summary", "params", "flops")
+COMMANDS = ("list", "summary", "params", "flops", "scale")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,12 +54,46 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("summary", help="layers, output shapes and parameters of one model")
     sp.add_argument("name", help="a registered model name")
     sized(sp)
+    sp.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="builder argument, repeatable (e.g. depth=32, widths=8,16,32)")
     for command, text in (("params", "parameter counts"),
                           ("flops", "multiply-accumulates per image")):
         sp = sub.add_parser(command, help=text)
         sp.add_argument("patterns", nargs="*", default=["*"], help="shell-style name patterns")
         sized(sp)
+    _scale_parser(sub)
     return p
+
+
+def _scale_parser(sub) -> None:
+    from kerascls.compound import ALPHA, BETA, GAMMA
+
+    sp = sub.add_parser("scale", help="compound scaling: scaled networks' cost, or a grid search")
+    sp.add_argument("family", choices=("efficientnet",), help="the family to scale")
+    sp.add_argument("--phi", default="0..3", metavar="PHIS",
+                    help="compound coefficients: a range 0..3 or a list 0,1,2 (default: 0..3)")
+    for flag, value, what in (("--alpha", ALPHA, "depth"), ("--beta", BETA, "width"),
+                              ("--gamma", GAMMA, "resolution")):
+        sp.add_argument(flag, type=float, default=value, metavar="X",
+                        help=f"{what} base (default: {value})")
+    sp.add_argument("--image-size", type=int, default=0, metavar="PX",
+                    help="phi=0 resolution (default: 224; 32 with --search)")
+    sp.add_argument("--num-classes", type=int, default=1000, metavar="N",
+                    help="classes of the table's networks (default: 1000)")
+    sp.add_argument("--search", action="store_true",
+                    help="grid-search alpha, beta, gamma under alpha*beta^2*gamma^2 = 2 at phi=1")
+    sp.add_argument("--dataset", default="digits", help="--search: dataset (default: digits)")
+    sp.add_argument("--epochs", type=int, default=3, metavar="N",
+                    help="--search: training epochs of every candidate (default: 3)")
+    sp.add_argument("--batch-size", type=int, default=64, metavar="N",
+                    help="--search: batch size (default: 64)")
+    sp.add_argument("--seed", type=int, default=42, metavar="N", help="--search: seed")
+    sp.add_argument("--base-width", type=float, default=1.0, metavar="X",
+                    help="--search: width coefficient of the phi=0 network (default: 1.0)")
+    sp.add_argument("--base-depth", type=float, default=1.0, metavar="X",
+                    help="--search: depth coefficient of the phi=0 network (default: 1.0)")
+    sp.add_argument("--output", default="compound_search", metavar="DIR",
+                    help="--search: folder for the JSON, Markdown and PNG results")
 
 
 def _parse(argv):
@@ -92,6 +134,11 @@ def _build(name: str, args):
             raise UserError(f"--stem applies to the zoo families; '{name}' "
                             f"({spec.family}) has no stem option")
         overrides["stem"] = args.stem
+    if getattr(args, "model_arg", None):
+        from kerascls.registry import check_model_args, model_arg_overrides, parse_model_arg_pairs
+
+        args.resolved_args = check_model_args(name, parse_model_arg_pairs(args.model_arg))
+        overrides.update(model_arg_overrides(args.resolved_args))
     return spec, size, build_model(name, (size, size, 3), args.num_classes, **overrides)
 
 
@@ -126,6 +173,10 @@ def _trainable(model) -> int:
 @cli_main
 def main(argv=None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
+    if args.command == "scale":
+        from kerascls.compound import main_scale
+
+        return main_scale(args)
     if args.command == "list":
         from kerascls.registry import get_spec
 
@@ -144,6 +195,8 @@ def main(argv=None) -> int:
         print(f"{spec.name}: input {size}x{size}x3, {args.num_classes} classes, "
               f"{model.count_params():,} parameters ({_trainable(model):,} trainable), "
               f"{macs:,} multiply-accumulates per image ({macs / 1e9:.3f} G)")
+        if getattr(args, "resolved_args", None):
+            print(f"model arguments: {args.resolved_args}")
         return 0
     rows = []
     for name in _progress(_names(args.patterns)):

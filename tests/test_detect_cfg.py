@@ -7,8 +7,7 @@ import pytest
 
 from kerascls.detect.cfg import parse_cfg, read_cfg, yolo_layers
 from kerascls.detect.models import PARAMS_COCO_416
-from kerascls.detect.weights import (darknet_weight_count, load_darknet_weights,
-                                     save_darknet_weights)
+from kerascls.detect.weights import darknet_weight_count, load_darknet_weights, save_darknet_weights
 from kerascls.errors import UserError
 from kerascls.registry import build_model, get_spec, list_models
 
@@ -96,10 +95,9 @@ def test_small_cfg_builds_the_layers_it_names(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     (TINY_CFG.replace("[maxpool]", "[dropout]"), "small.cfg:25: unknown section [dropout]"),
-    (TINY_CFG.replace("filters=14\n", ""), "small.cfg:29: [convolutional] is missing the key "
-                                           "'filters'"),
-    (TINY_CFG.replace("size=1\n", "size=1\ndilation=2\n"), "small.cfg:32: unknown key "
-                                                            "'dilation'"),
+    (TINY_CFG.replace("filters=14\n", ""),
+     "small.cfg:29: [convolutional] is missing the key 'filters'"),
+    (TINY_CFG.replace("size=1\n", "size=1\ndilation=2\n"), "small.cfg:32: unknown key 'dilation'"),
     (TINY_CFG.replace("filters=14", "filters=x"), "small.cfg:30: filters=x is not an integer"),
     (TINY_CFG.replace("from=-2", "from=5"), "small.cfg:22: [shortcut] from=5 refers to layer 5"),
     (TINY_CFG.replace("filters=14", "filters=12"), "has 12 filters; 2 anchors x (5 + 2 classes)"),

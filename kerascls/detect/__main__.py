@@ -1,10 +1,11 @@
 """``python -m kerascls.detect``: detect objects with a trained run, or compute anchors.
 
 Examples:
-    python -m kerascls.detect RUN_DIR image.png                 # boxes printed, image_detections.png
+    python -m kerascls.detect RUN_DIR image.png          # boxes printed, image_detections.png
     python -m kerascls.detect RUN_DIR a.png b.jpg --output-dir out --score-threshold 0.3 --json
     python -m kerascls.detect anchors shapes --num 6 --image-size 96
     python -m kerascls.detect anchors yolo:data/my_set --num 9 --image-size 416
+    python -m kerascls.detect export RUN_DIR --formats saved_model,tflite-float32
 """
 
 from __future__ import annotations
@@ -39,6 +40,27 @@ def _anchors(argv) -> int:
               for w, h in anchors]
     print(f"anchors = {',  '.join(f'{w},{h}' for w, h in pixels)}")
     print(f"{len(wh)} boxes; mean IoU with the best anchor {mean_best_iou(wh, anchors):.3f}")
+    return 0
+
+
+def _export(argv) -> int:
+    from kerascls.detect.export import FORMATS, export_detect_saved_model, export_detect_tflite
+
+    p = argparse.ArgumentParser(prog="python -m kerascls.detect export",
+                                description="SavedModel (NMS in the graph) and TFLite exports.")
+    p.add_argument("run_dir")
+    p.add_argument("--formats", default=",".join(FORMATS), help=", ".join(FORMATS))
+    p.add_argument("--models-dir", default="", help="SavedModel base (default RUN_DIR/models)")
+    args = p.parse_args(argv)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    for f in formats:
+        if f not in FORMATS:
+            raise UserError(f"--formats items must be among {', '.join(FORMATS)}. Received: {f}")
+    run = Path(args.run_dir)
+    if "saved_model" in formats:
+        print(f"saved_model: {export_detect_saved_model(run, args.models_dir or None)}")
+    if "tflite-float32" in formats:
+        print(f"tflite-float32: {export_detect_tflite(run)}")
     return 0
 
 
@@ -115,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "anchors":
         return _anchors(argv[1:])
+    if argv and argv[0] == "export":
+        return _export(argv[1:])
     return _detect(argv)
 
 

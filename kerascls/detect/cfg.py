@@ -5,7 +5,7 @@ The subset YOLOv3 and YOLOv3-tiny use (see ``docs/detection.md``)::
     [net]            width, height, channels (training keys are accepted and ignored)
     [convolutional]  filters, size, stride, pad | padding, batch_normalize, activation
     [shortcut]       from, activation                 (element-wise sum)
-    [route]          layers                           (channel concatenation; -k relative, k absolute)
+    [route]          layers                           (concatenation; -k relative, k absolute)
     [upsample]       stride                           (nearest neighbour)
     [maxpool]        size, stride                     (Darknet pads right/bottom)
     [yolo]           mask, anchors, classes, num, ignore_thresh (other training keys ignored)

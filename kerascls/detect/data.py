@@ -94,7 +94,7 @@ def make_shapes(n: int, size: int, seed: int = 0, max_objects: int = 4) -> Detec
             for _attempt in range(20):
                 side = float(rng.uniform(0.14, 0.42) * size)
                 x0, y0 = (float(v) for v in rng.uniform(0, size - side, 2))
-                x0, y0 = math.floor(x0), math.floor(y0)
+                x0, y0 = float(math.floor(x0)), float(math.floor(y0))
                 box = (x0, y0, x0 + side, y0 + side)
                 if all(box[2] + 1 < b[0] or b[2] + 1 < box[0] or box[3] + 1 < b[1]
                        or b[3] + 1 < box[1] for b in boxes):
@@ -272,8 +272,8 @@ def load_detection(dataset: str, size: int, *, seed: int = 0, num_examples: int 
                         f"--dataset={dataset}")
     n = len(full)
     order = np.random.default_rng(seed + 1).permutation(n)
-    n_test = int(round(n * test_fraction))
-    n_val = int(round(n * val_fraction))
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
     if n - n_test - n_val < 1:
         raise UserError(f"{dataset}: {n} image(s) leave nothing to train on after the "
                         "validation and test splits")

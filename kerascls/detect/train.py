@@ -1,4 +1,4 @@
-"""Detection training: ``python -m kerascls.train --task detect --model yolov3_tiny --dataset shapes``.
+"""Detection training: ``python -m kerascls.train --task detect --model yolov3_tiny``.
 
 A run directory gets ``model.keras`` (the detector with the best validation loss), its Darknet
 ``model.weights``, ``config.yaml``, ``history.csv``, ``metadata.json`` (labels, input size,
@@ -210,8 +210,7 @@ def train_detector(cfg: DetectConfig) -> Path:
     import keras
 
     from kerascls import __version__
-    from kerascls.detect.data import (HeadLayout, detection_batches, load_detection,
-                                      parse_augment)
+    from kerascls.detect.data import HeadLayout, detection_batches, load_detection, parse_augment
     from kerascls.fileio import atomic_write_json, atomic_write_text
 
     kinds = parse_augment(cfg.augment)
@@ -312,8 +311,8 @@ def task_of(argv: list[str]) -> tuple[str, list[str]]:
             name = (rest[i + 1] if arg == "--model" and i + 1 < len(rest)
                     else arg.split("=", 1)[1] if arg.startswith("--model=") else None)
             if name:
-                from kerascls.registry import list_models
+                from kerascls import catalog  # names without importing Keras
 
-                if name in list_models(task="detect"):
+                if name in {i.name for i in catalog.models(task="detect")}:
                     raise UserError(f"{name} is a detection model; add --task detect")
     return task, rest

@@ -122,8 +122,6 @@ def save_darknet_weights(model, path: str | Path, seen: int = 0) -> Path:
         else:
             chunks.append(np.asarray(conv.get_weights()[1], "<f4").tobytes())
         chunks.append(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)).tobytes())
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.writelines(chunks)
     return path

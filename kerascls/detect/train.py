@@ -35,7 +35,7 @@ class DetectConfig:
     augment: str = "flip,affine,color"
     anchors: str = "kmeans"
     weights: str = ""
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 16
     learning_rate: float = 0.001
     warmup_epochs: int = 2

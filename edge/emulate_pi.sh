@@ -17,10 +17,13 @@
 #   edge/emulate_pi.sh run MODEL.tflite IMAGE...   run run_tflite.py under emulation (any flags)
 #   edge/emulate_pi.sh python ARGS...              run the emulated python3.11
 #   edge/emulate_pi.sh info                        print the emulated platform
+#   edge/emulate_pi.sh mirrors                     print the Debian archives setup downloads from
 #
 # Environment:
 #   KERASCLS_PI_ROOT     cache directory (default: <repo>/.pi-root)
-#   KERASCLS_PI_MIRROR   Debian mirror (default: http://deb.debian.org/debian)
+#   KERASCLS_PI_MIRROR   Debian archive URI (default: the one the system's apt sources give for
+#                        bookworm; set it on a host whose apt has no Debian bookworm source)
+#   KERASCLS_PI_SECURITY_MIRROR  Debian security archive URI (default: the system's, if any)
 #   KERASCLS_PI_PYTHON   host Python whose pip downloads the wheels (default: the repo's .venv,
 #                        else python3)
 set -euo pipefail
@@ -28,8 +31,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 ROOT="${KERASCLS_PI_ROOT:-$REPO/.pi-root}"
-MIRROR="${KERASCLS_PI_MIRROR:-http://deb.debian.org/debian}"
-SECURITY_MIRROR="${KERASCLS_PI_SECURITY_MIRROR:-${MIRROR%/debian}/debian-security}"
+MIRROR="${KERASCLS_PI_MIRROR:-}"
+SECURITY_MIRROR="${KERASCLS_PI_SECURITY_MIRROR:-}"
 KEYRING="/usr/share/keyrings/debian-archive-keyring.gpg"
 SUITE="bookworm"
 PI_PACKAGES=(python3.11 libstdc++6 libgcc-s1)
@@ -51,18 +54,36 @@ host_python() {
   fi
 }
 
+# The archive URI the system's apt sources give for suite $1 (empty if none does).
+system_uri() {
+  apt-get indextargets --no-release-info --format '$(REPO_URI) $(RELEASE)' 2>/dev/null \
+    | awk -v suite="$1" '$2 == suite { print $1; exit }' || true
+}
+
+# The archives to download from: the system's configured apt sources, unless overridden.
+resolve_mirrors() {
+  [[ -n "$MIRROR" ]] || MIRROR="$(system_uri "$SUITE")"
+  [[ -n "$MIRROR" ]] || die "the system's apt sources have no Debian $SUITE entry; set" \
+    "KERASCLS_PI_MIRROR to a Debian archive URI"
+  [[ -n "$SECURITY_MIRROR" ]] || SECURITY_MIRROR="$(system_uri "$SUITE-security")"
+}
+
 # A private apt configuration: its own lists, cache and (empty) dpkg status, one architecture.
 apt_private() {
   local arch="$1"; shift
   local base="$ROOT/apt-$arch"
+  resolve_mirrors
   mkdir -p "$base/lists/partial" "$base/archives/partial" "$base/etc/sources.list.d" \
            "$base/etc/preferences.d" "$base/etc/apt.conf.d"
   [[ -f "$base/status" ]] || : > "$base/status"
   cat > "$base/etc/sources.list" <<EOF
 deb [arch=$arch signed-by=$KEYRING] $MIRROR $SUITE main
 deb [arch=$arch signed-by=$KEYRING] $MIRROR $SUITE-updates main
-deb [arch=$arch signed-by=$KEYRING] $SECURITY_MIRROR $SUITE-security main
 EOF
+  if [[ -n "$SECURITY_MIRROR" ]]; then
+    echo "deb [arch=$arch signed-by=$KEYRING] $SECURITY_MIRROR $SUITE-security main" \
+      >> "$base/etc/sources.list"
+  fi
   apt-get -q \
     -o "APT::Architecture=$arch" -o "APT::Architectures::=$arch" \
     -o "Dir::Etc=$base/etc" -o "Dir::Etc::sourcelist=$base/etc/sources.list" \
@@ -175,5 +196,6 @@ case "$cmd" in
   run) emulated_python "$REPO/edge/run_tflite.py" "$@" ;;
   python) emulated_python "$@" ;;
   info) emulated_python -c 'import platform, sys; print(platform.machine(), platform.libc_ver()[1], sys.version.split()[0])' ;;
-  *) die "usage: emulate_pi.sh setup | run MODEL.tflite IMAGE_OR_DIR... [flags] | python ARGS... | info" ;;
+  mirrors) resolve_mirrors; echo "$SUITE $MIRROR"; echo "$SUITE-security ${SECURITY_MIRROR:-none}" ;;
+  *) die "usage: emulate_pi.sh setup | run MODEL.tflite IMAGE_OR_DIR... [flags] | python ARGS... | info | mirrors" ;;
 esac

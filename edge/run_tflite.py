@@ -9,7 +9,7 @@ Pillow and the first TFLite runtime it finds of ``ai_edge_litert``, ``tflite_run
 Usage::
 
     python run_tflite.py MODEL.tflite IMAGE_OR_DIR... [--top-k K] [--threads N] [--json]
-                         [--benchmark N] [--prefetch N]
+                         [--benchmark N] [--prefetch N] [--convert | --strict]
 
 The sidecar (``MODEL.json``, written by ``python -m kerascls.export``) gives the labels, the
 input size, the resize method and the input dtype and quantization. Images are decoded with
@@ -19,9 +19,11 @@ Float models take float32 pixels in 0..255; the int8 model takes uint8 pixels, s
 already has the model's input size goes in without any float arithmetic. Normalization lives
 inside every model.
 
-Images must be 8-bit RGB (or palette images without transparency). Grayscale, RGBA, CMYK and
-16-bit images are refused with one line naming the mode; ``--convert`` converts them the way
-kerascls training does (Pillow ``convert("RGB")``; 16-bit images scaled by their maximum).
+Images are 8-bit RGB. Grayscale and palette images are converted to the model's three
+channels the way kerascls training converts them (Pillow ``convert("RGB")``); ``--strict``
+refuses them instead. RGBA, CMYK and 16-bit images are refused with one line naming the mode;
+``--convert`` converts them too (16-bit images scaled by their maximum). Images over
+40 megapixels are refused before they are decoded.
 
 Exit status: 0 when every image was classified, 1 when some inputs could not be read (the
 others are still classified), 2 on bad usage, a bad model or sidecar, or a missing runtime.
@@ -48,6 +50,11 @@ INSTALL_HINT = (
 )
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 MAX_IMAGE_PIXELS = 40_000_000
+# More interpreter threads than this only oversubscribes the CPU; far more (100,000) exhausts
+# the process's threads and crashes the native runtime.
+MAX_THREADS = max(64, 2 * (os.cpu_count() or 1))
+# Modes converted to RGB by default: grayscale and palette images carry no more than RGB does.
+GRAY_AND_PALETTE_MODES = ("L", "LA", "1", "P", "PA")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2
 
@@ -66,8 +73,13 @@ class BadInput(Exception):
 
 def _import_numpy_pillow():
     try:
+        import warnings
+
         import numpy
         from PIL import Image
+        # read_rgb refuses images over MAX_IMAGE_PIXELS itself, in one line; Pillow's warning
+        # for images between its limit and twice that would only add a second, vaguer one.
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     except ImportError as exc:
         raise Fatal(f"{exc.name or 'numpy/Pillow'} is missing: pip install -r requirements.txt "
                     "(numpy, Pillow and a TFLite runtime)") from None
@@ -360,30 +372,40 @@ def _is_sixteen_bit(im) -> bool:
     return False
 
 
-def read_rgb(np, Image, path: Path, convert: bool):
+def read_rgb(np, Image, path: Path, convert: bool, strict: bool = False):
     """Decode ``path`` to a uint8 (h, w, 3) RGB array.
 
+    Grayscale and palette images are converted to RGB unless ``strict``; other modes (RGBA,
+    CMYK, 16-bit) only with ``convert``.
+
     Raises:
-        BadInput: for files that are not images, truncated images, and (without ``convert``)
-            images that are not 8-bit RGB.
+        BadInput: for files that are not images, images over :data:`MAX_IMAGE_PIXELS` (before
+            decoding), truncated images, and images of a mode that is not converted.
     """
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with Image.open(path) as im:
+            width, height = im.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise BadInput(f"image of {width}x{height} pixels ({width * height / 1e6:.1f} "
+                               f"megapixels) is over the {MAX_IMAGE_PIXELS / 1e6:g}-megapixel "
+                               "limit; downscale it first")
             sixteen = _is_sixteen_bit(im)
             mode = im.mode
             im.load()
-            if mode == "P" and "transparency" not in im.info:
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
             if mode == "RGB" and not sixteen:
                 return np.asarray(im, dtype=np.uint8)
+            if mode in GRAY_AND_PALETTE_MODES and not sixteen and not strict:
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
             kind = "16-bit" if sixteen else {"L": "grayscale", "LA": "grayscale with alpha",
-                                             "1": "1-bit", "RGBA": "RGBA", "P": "RGBA palette",
+                                             "1": "1-bit", "RGBA": "RGBA", "P": "palette",
                                              "CMYK": "CMYK", "YCbCr": "YCbCr"}.get(mode, mode)
-            if not convert:
+            if not convert or (strict and mode in GRAY_AND_PALETTE_MODES):
+                how = ("run without --strict" if mode in GRAY_AND_PALETTE_MODES
+                       else "pass --convert")
                 raise BadInput(f"{kind} image (mode {mode}); the model takes 8-bit RGB. Convert "
-                               "it to RGB, or pass --convert to convert it the way kerascls "
-                               "training does")
+                               f"it to RGB, or {how} to convert it the way kerascls training "
+                               "does")
             if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 arr = np.asarray(im, dtype=np.float64)
                 arr = arr / max(arr.max(), 1) * 255.0 if arr.max() > 255 else arr
@@ -447,12 +469,13 @@ def expand_inputs(paths):
             yield p, "no such file or directory"
 
 
-def load_and_prepare(model: Model, Image, path: Path, convert: bool):
+def load_and_prepare(model: Model, Image, path: Path, convert: bool, strict: bool = False):
     """Decode ``path`` and turn it into the model's input tensor (raises BadInput)."""
-    return model.prepare(read_rgb(model.np, Image, path, convert))
+    return model.prepare(read_rgb(model.np, Image, path, convert, strict))
 
 
-def prepared_inputs(model: Model, Image, items, convert: bool, prefetch: int):
+def prepared_inputs(model: Model, Image, items, convert: bool, prefetch: int,
+                    strict: bool = False):
     """Yield ``(path, tensor, problem)`` for ``(path, problem)`` items, in order.
 
     With ``prefetch`` > 0 a worker thread decodes and resizes up to ``prefetch`` images ahead
@@ -464,7 +487,7 @@ def prepared_inputs(model: Model, Image, items, convert: bool, prefetch: int):
         if problem is not None:
             return path, None, problem
         try:
-            return path, load_and_prepare(model, Image, path, convert), None
+            return path, load_and_prepare(model, Image, path, convert, strict), None
         except BadInput as exc:
             return path, None, str(exc)
 
@@ -549,7 +572,8 @@ def percentile(values, q: float) -> float:
     return data[lo] + (data[hi] - data[lo]) * (pos - lo)
 
 
-def benchmark(model: Model, Image, files, runs: int, convert: bool, prefetch: int) -> dict:
+def benchmark(model: Model, Image, files, runs: int, convert: bool, prefetch: int,
+              strict: bool = False) -> dict:
     """Time ``runs`` predictions cycling over ``files``.
 
     * ``per_image`` is what classifying a folder costs per image: the interval between
@@ -559,14 +583,14 @@ def benchmark(model: Model, Image, files, runs: int, convert: bool, prefetch: in
       resize, quantize, invoke, dequantize, top-k. This is the latency of a single image.
     * ``invoke`` is ``interpreter.invoke()`` alone on an already prepared input.
     """
-    prepared = load_and_prepare(model, Image, files[0], convert)
+    prepared = load_and_prepare(model, Image, files[0], convert, strict)
     for _ in range(min(10, runs)):
         model.invoke(prepared)
     k = min(5, len(model.labels))
     cycle = [(files[i % len(files)], None) for i in range(runs + 1)]
     intervals, last = [], None
     start = time.perf_counter()
-    for _, tensor, problem in prepared_inputs(model, Image, cycle, convert, prefetch):
+    for _, tensor, problem in prepared_inputs(model, Image, cycle, convert, prefetch, strict):
         if problem is not None:
             raise Fatal(f"benchmark: {problem}")
         classify_prepared(model, tensor, k)
@@ -579,7 +603,7 @@ def benchmark(model: Model, Image, files, runs: int, convert: bool, prefetch: in
     for i in range(runs):
         path = files[i % len(files)]
         t0 = time.perf_counter()
-        classify_prepared(model, load_and_prepare(model, Image, path, convert), k)
+        classify_prepared(model, load_and_prepare(model, Image, path, convert, strict), k)
         e2e.append(time.perf_counter() - t0)
     model.interpreter.set_tensor(model.input["index"], prepared)
     for _ in range(runs):
@@ -613,14 +637,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_FATAL)
 
 
-def _int_at_least(name: str, minimum: int, wording: str):
-    """An argparse type: an integer >= ``minimum``, else "NAME must be WORDING. Received: X"."""
+def _int_at_least(name: str, minimum: int, wording: str, maximum: int | None = None):
+    """An argparse type: an integer in ``minimum..maximum``, else "NAME must be WORDING.
+    Received: X"."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"{name} must be {wording}. Received: {text}")
         return value
     return parse
@@ -642,17 +667,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image files, or folders whose jpg/png/bmp/gif files are classified")
     parser.add_argument("--top-k", type=_positive("--top-k"), default=3,
                         help="how many classes to list per image (default: 3)")
-    parser.add_argument("--threads", type=_positive("--threads"), default=1,
-                        help="interpreter threads (default: 1)")
+    parser.add_argument("--threads", default=1, metavar="N",
+                        type=_int_at_least("--threads", 1, f"an integer from 1 to {MAX_THREADS}",
+                                           MAX_THREADS),
+                        help=f"interpreter threads, 1 to {MAX_THREADS} (default: 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     parser.add_argument("--benchmark", type=_positive("--benchmark"), metavar="N",
                         help="also time N predictions: p50/p90 latency and throughput")
     parser.add_argument("--prefetch", type=_non_negative("--prefetch"), default=4, metavar="N",
                         help="decode up to N images ahead on a second thread while the model "
                              "runs (default: 4; 0 decodes on the main thread)")
-    parser.add_argument("--convert", action="store_true",
-                        help="convert grayscale, RGBA, CMYK and 16-bit images to RGB the way "
-                             "training does, instead of refusing them")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--convert", action="store_true",
+                       help="also convert RGBA, CMYK and 16-bit images to RGB the way training "
+                            "does, instead of refusing them")
+    modes.add_argument("--strict", action="store_true",
+                       help="refuse every image that is not 8-bit RGB, grayscale and palette "
+                            "images included (by default they are converted to RGB)")
     parser.add_argument("--no-sidecar", action="store_true",
                         help="run without the sidecar: class indices as labels, the model's "
                              "own input size")
@@ -673,7 +704,7 @@ def run(argv=None) -> int:
     k = min(args.top_k, len(model.labels))
     failed, done = 0, []
     inputs = prepared_inputs(model, Image, expand_inputs(args.inputs), args.convert,
-                             args.prefetch)
+                             args.prefetch, args.strict)
     for path, tensor, problem in inputs:
         if problem is not None:
             failed += 1
@@ -688,7 +719,8 @@ def run(argv=None) -> int:
         else:
             print(format_result(path, result), flush=True)
     if args.benchmark and done:
-        stats = benchmark(model, Image, done, args.benchmark, args.convert, args.prefetch)
+        stats = benchmark(model, Image, done, args.benchmark, args.convert, args.prefetch,
+                          args.strict)
         stats.update(runtime=runtime, threads=args.threads, model=str(model.path),
                      first_prediction_s=round(result_first_s, 4))
         if args.json:

@@ -513,9 +513,9 @@ def write_outputs(rows: list[dict], out: Path) -> dict[str, Path]:
 
 
 def build_parser():
-    from kerascls.config import _Parser
+    from kerascls.cli import Parser
 
-    p = _Parser(prog="python -m kerascls.compare", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m kerascls.compare", description=__doc__.splitlines()[0])
     p.add_argument("--models", required=True,
                    help="comma-separated registry names and/or existing run directories")
     p.add_argument("--dataset", default="digits",

@@ -11,7 +11,6 @@ measures how much of the channel's variance the class explains.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -68,14 +67,15 @@ def write_report(x, y, class_names, out: Path, samples: int = 32, seed: int = 0)
 
 @cli_main
 def main(argv=None) -> int:
-    from kerascls.config import _Parser
+    from kerascls.cli import Parser
     from kerascls.data import load_dataset
 
-    p = _Parser(prog="python -m kerascls.eda", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m kerascls.eda", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits", help="sentiment | digits | folder:PATH | tfds:NAME")
     p.add_argument("--image-size", type=int, default=0, help="resize to this size (0 = native)")
     p.add_argument("--data-dir", default="", help="TFDS data directory")
-    p.add_argument("--split", default="train", help="train, val or test")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"),
+                   help="which split to describe (default: train)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default="eda", help="output directory")
     args = p.parse_args(argv)

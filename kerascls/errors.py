@@ -35,19 +35,30 @@ _KERAS_FREE = ("kerascls.serving",)
 def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap an entry point: UserError and other failures become one line on stderr.
 
-    Set ``KERASCLS_DEBUG=1`` to see the full traceback of an unexpected error.
+    The log level (``$KERASCLS_LOG_LEVEL``, quiet by default) is applied before the entry point
+    runs, so TensorFlow starts quiet; the entry point's parser applies ``--log-level``. A
+    ``SystemExit`` from the parser (``--help``, a usage error) becomes the return value. Set
+    ``KERASCLS_DEBUG=1`` to see the full traceback of an unexpected error.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> int:
         prog = (fn.__module__ or "kerascls").replace("__main__", "kerascls")
         try:
+            from kerascls.cli import configure_logging
+
+            configure_logging()
             spec = getattr(fn, "__globals__", {}).get("__spec__")
             if not (getattr(spec, "name", None) or prog).startswith(_KERAS_FREE):
                 from kerascls.backend import check_backend
 
                 check_backend()  # before Keras is imported: one line for a bad KERAS_BACKEND
             return int(fn(*args, **kwargs) or 0)
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                return int(exc.code or 0)
+            print(f"error: {exc.code}", file=sys.stderr)
+            return 1
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -336,9 +336,9 @@ def _format(metrics: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kerascls.config import _Parser
+    from kerascls.cli import Parser
 
-    p = _Parser(prog="python -m kerascls.evaluate", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m kerascls.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="run directory written by python -m kerascls.train")
     p.add_argument("--dataset", help="evaluate on this dataset's test split (same classes)")
     p.add_argument("--tta", type=int, default=0, help="test-time augmentation passes (0 = off)")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascls import __version__
+from kerascls.cli import progress_verbose
 from kerascls.config import Config, make_parser, resolve
 from kerascls.errors import UserError, cli_main
 from kerascls.fileio import atomic_write_json
@@ -375,10 +376,43 @@ def _check_model_input(cfg: Config, image_size: int):
     return spec
 
 
+def check_options(cfg: Config) -> None:
+    """Refuse, before TensorFlow starts, what would otherwise fail after training.
+
+    The model name (from :mod:`kerascls.catalog`), the dataset's form, the export formats and
+    their options. The dataset's content (classes, images) is checked when it is loaded, which
+    is also before training.
+    """
+    from kerascls import catalog
+    from kerascls.data.sources import SOURCES
+    from kerascls.errors import did_you_mean
+    from kerascls.export import parse_formats
+    from kerascls.export.tflite import MIN_REPRESENTATIVE_SIZE
+
+    catalog.info(cfg.model.model)
+    kind, _, arg = cfg.data.dataset.partition(":")
+    if not ((kind in ("folder", "tfds") and arg) or (cfg.data.dataset in SOURCES)):
+        raise UserError(did_you_mean("dataset", cfg.data.dataset, SOURCES).replace(
+            "Available:", "Use one of:"))
+    e = cfg.export
+    if e.formats.strip():
+        names = parse_formats(e.formats)
+        if "tflite-int8" in names and e.representative_size < MIN_REPRESENTATIVE_SIZE:
+            raise UserError(f"--representative-size must be at least {MIN_REPRESENTATIVE_SIZE} "
+                            f"images for a sound int8 calibration. Received: "
+                            f"{e.representative_size}")
+    if e.models_dir and Path(e.models_dir).exists() and not Path(e.models_dir).is_dir():
+        raise UserError(f"--models-dir {e.models_dir} exists and is not a folder")
+    out = Path(cfg.train.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} exists and is not a folder")
+
+
 def train(cfg: Config) -> Path:
     """Train, evaluate and export as ``cfg`` says; return the run directory."""
     from kerascls.distribute import setup as setup_distribution
 
+    check_options(cfg)
     placement = setup_distribution(cfg)  # devices and strategy before any device runtime starts
     import keras
 
@@ -394,14 +428,19 @@ def train(cfg: Config) -> Path:
         from kerascls.models.bayesian import check_backend
 
         check_backend(spec.name)
+    run_dir = placement.run_directory(run_directory(cfg))
+    print(f"train: {spec.name} at {image_size}x{image_size} on {cfg.data.dataset}, "
+          f"{keras.backend.backend()} backend ({spec.framework}, {placement.device_kind}); "
+          f"run directory {run_dir}", flush=True)
     d = cfg.data
     splits = load_dataset(d.dataset, image_size, seed=cfg.train.seed, val_fraction=d.val_fraction,
                           test_fraction=d.test_fraction, data_dir=d.data_dir,
                           num_examples=d.num_examples, sentiment_size=d.sentiment_size,
                           noise=d.noise, imbalance=d.imbalance)
     splits = limit_train(splits, d.max_train_examples, cfg.train.seed)
+    print(f"data: {len(splits.x_train)} training, {len(splits.x_val)} validation and "
+          f"{len(splits.x_test)} test images of {splits.num_classes} classes", flush=True)
     cfg.data.image_size = image_size
-    run_dir = placement.run_directory(run_directory(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     keras.utils.set_random_seed(cfg.train.seed)
@@ -503,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         return detect_main(argv)
     parser = make_parser("python -m kerascls.train", __doc__.splitlines()[0])
     cfg = resolve(parser.parse_args(argv))
+    cfg.train.verbose = progress_verbose(cfg.train.verbose)  # no bar redraws in a pipe
     run_dir = train(cfg)
     meta = json.loads((run_dir / "metadata.json").read_text())
     m = meta.get("metrics", {})

@@ -197,7 +197,7 @@ def test_prefetch_changes_nothing_but_speed(bad_files, models, test_images):
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len({proc.stdout for proc in runs.values()}) == 1
     assert len({proc.stderr for proc in runs.values()}) == 1
-    assert len(json_lines(runs["0"])) == 8
+    assert len(json_lines(runs["0"])) == 10
     bad = run_cli(models["int8"], files[0], "--prefetch", "-1")
     assert bad.returncode == 2
     assert bad.stderr.strip().endswith("--prefetch must be an integer >= 0. Received: -1")
@@ -223,6 +223,8 @@ def bad_files(tmp_path_factory, models):
     Image.fromarray(rgb).save(d / "good.jpg", quality=95)
     Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
     Image.fromarray(rgb).convert("L").save(d / "gray.png")
+    palette = Image.fromarray(rgb).convert("P")
+    palette.save(d / "palette.png", transparency=0)
     Image.fromarray(rgb).convert("RGBA").save(d / "rgba.png")
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(d / "sixteen.png")
     (d / "notes.png").write_text("this is text, not an image\n")
@@ -271,7 +273,6 @@ def test_bad_model_or_sidecar(bad_files, case, fragments):
     ("notes.png", ["not an image file"]),
     ("truncated.png", ["truncated or corrupt image"]),
     ("cmyk.jpg", ["CMYK image", "--convert"]),
-    ("gray.png", ["grayscale image"]),
     ("rgba.png", ["RGBA image"]),
     ("sixteen.png", ["16-bit image"]),
     ("missing.png", ["no such file or directory"]),
@@ -281,6 +282,62 @@ def test_bad_image(bad_files, models, name, fragments):
     proc = run_cli(models["int8"], folder / name)
     assert_one_line_error(proc, str(folder / name), *fragments)
     assert proc.returncode == 2 and proc.stdout == ""
+
+
+@pytest.mark.parametrize("name, kind", [("gray.png", "grayscale"), ("palette.png", "palette")])
+def test_grayscale_and_palette_images_are_converted_unless_strict(bad_files, models, name, kind):
+    folder, _ = bad_files
+    converted = run_cli(models["float32"], folder / name, "--json")
+    assert converted.returncode == 0 and converted.stderr == "", converted.stderr
+    with Image.open(folder / name) as im:
+        expected = np.asarray(im.convert("RGB"))
+    assert np.array_equal(runner.read_rgb(np, Image, folder / name, False), expected)
+    refused = run_cli(models["float32"], folder / name, "--strict")
+    assert_one_line_error(refused, f"{kind} image", "run without --strict")
+    both = run_cli(models["float32"], folder / name, "--strict", "--convert")
+    assert_one_line_error(both, "not allowed with argument")
+
+
+def test_threads_are_bounded_before_the_runtime_starts(models, test_images):
+    proc = run_cli(models["float32"], test_images[1][0], "--threads", "100000")
+    assert_one_line_error(proc, f"--threads must be an integer from 1 to {runner.MAX_THREADS}. "
+                                "Received: 100000")
+    assert proc.returncode == 2
+
+
+def test_an_image_over_40_megapixels_is_refused_from_its_header(tmp_path, models):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (7000, 7000)).save(big)  # 49 megapixels: under Pillow's own error limit
+    proc = run_cli(models["float32"], big)
+    assert_one_line_error(proc, "image of 7000x7000 pixels (49.0 megapixels) is over the "
+                                "40-megapixel limit")
+
+
+def test_emulated_pi_uses_the_systems_apt_sources(tmp_path):
+    """The Debian archives come from what apt is configured with, not from the script."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "apt-get").write_text(
+        "#!/bin/sh\n"
+        "echo 'http://apt.internal.example/debian/ bookworm'\n"
+        "echo 'http://apt.internal.example/debian/ bookworm-updates'\n"
+        "echo 'http://apt.internal.example/security/ bookworm-security'\n")
+    (fake / "apt-get").chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "KERASCLS_PI_ROOT": str(tmp_path / "root")}
+    proc = subprocess.run(["bash", str(EMULATE), "mirrors"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["bookworm http://apt.internal.example/debian/",
+                                        "bookworm-security http://apt.internal.example/security/"]
+    assert "deb.debian.org" not in EMULATE.read_text()
+    (fake / "apt-get").write_text("#!/bin/sh\nexit 0\n")  # no Debian source configured
+    proc = subprocess.run(["bash", str(EMULATE), "mirrors"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2 and "set KERASCLS_PI_MIRROR" in proc.stderr
+    env["KERASCLS_PI_MIRROR"] = "http://mirror.example/debian"
+    proc = subprocess.run(["bash", str(EMULATE), "mirrors"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.stdout.splitlines()[0] == "bookworm http://mirror.example/debian"
 
 
 def test_convert_accepts_what_training_accepts(bad_files, models):
@@ -301,11 +358,12 @@ def test_mixed_directory_reports_bad_files_and_classifies_good_ones(bad_files, m
     folder, _ = bad_files
     proc = run_cli(models["int8"], folder, "--json")
     assert proc.returncode == 1
-    assert sorted(Path(r["path"]).name for r in json_lines(proc)) == ["good.jpg", "good.png"]
+    assert sorted(Path(r["path"]).name for r in json_lines(proc)) == [
+        "good.jpg", "good.png", "gray.png", "palette.png"]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    bad = {"cmyk.jpg", "gray.png", "rgba.png", "sixteen.png", "notes.png", "truncated.png"}
+    bad = {"cmyk.jpg", "rgba.png", "sixteen.png", "notes.png", "truncated.png"}
     assert {Path(ln.split(": ")[1]).name for ln in errors[:-1]} == bad
-    assert errors[-1] == "error: 6 of 8 input(s) could not be classified"
+    assert errors[-1] == "error: 5 of 9 input(s) could not be classified"
     assert "Traceback" not in proc.stderr
 
 
@@ -367,7 +425,7 @@ def test_ensemble_prints_mean_and_spread_of_members(tmp_path, bad_files):
     import keras
     import tensorflow as tf
 
-    from kerascls.export.tflite import _tensor_entry, interpreter
+    from kerascls.export.tflite import tensor_entry, interpreter
 
     members, classes = 4, 3
     inputs = keras.Input((8, 8, 3), name="pixels")
@@ -393,7 +451,7 @@ def test_ensemble_prints_mean_and_spread_of_members(tmp_path, bad_files):
     position = {d["index"]: i for i, d in enumerate(it.get_output_details())}
     outputs = []
     for role, detail in it.get_signature_runner().get_output_details().items():
-        entry = _tensor_entry(it.get_output_details()[position[detail["index"]]])
+        entry = tensor_entry(it.get_output_details()[position[detail["index"]]])
         outputs.append({**entry, "index": position[detail["index"]], "role": role})
     side = {"labels": ["a", "b", "c"], "input_size": [8, 8], "resize_method": "bilinear",
             "ensemble_members": members, "outputs": outputs}

@@ -193,8 +193,16 @@ def test_representative_sample_is_class_stratified_and_deterministic():
     assert len(xs_all) == 150
 
 
+def test_representative_sample_of_a_small_split_uses_every_image_with_a_warning(capsys):
+    x, y = _images(60)
+    xs, ys = T.representative_sample(x, y, 300)
+    assert len(xs) == 60 and sorted(ys.tolist()) == sorted(y.tolist())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: int8 calibration on all 60 training")
+
+
 @pytest.mark.parametrize("case, message", [
-    ("too_few", "at least 100 training images"),
+    ("empty", "training split is empty"),
     ("size_too_small", "representative_size must be at least 100"),
     ("uint8", "must be float32"),
     ("float64", "must be float32"),
@@ -207,8 +215,8 @@ def test_representative_sample_is_class_stratified_and_deterministic():
 def test_representative_sample_refuses_bad_images(case, message):
     x, y = _images(400)
     size = 300
-    if case == "too_few":
-        x, y = x[:60], y[:60]
+    if case == "empty":
+        x, y = x[:0], y[:0]
     elif case == "size_too_small":
         size = 20
     elif case == "uint8":

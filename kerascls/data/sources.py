@@ -166,6 +166,9 @@ def folder_splits(path: str, size: int, val_fraction: float, test_fraction: floa
     if not class_names:
         raise UserError(f"dataset folder {path} has no class sub-folders (expected one folder per "
                         "class holding jpg/png/bmp/gif images)")
+    if len(class_names) < 2:
+        raise UserError(f"dataset folder {path} has one class sub-folder ({class_names[0]}); a "
+                        "classifier needs at least two classes, one sub-folder each")
 
     def read(sub: Path):
         imgs, labs, _ = _read_class_folder(sub, class_names, size)
@@ -185,6 +188,28 @@ def folder_splits(path: str, size: int, val_fraction: float, test_fraction: floa
     return class_names, stratified_split(x, y, val_fraction, test_fraction, seed)
 
 
+# Python modules whose pip package has another name.
+PIP_NAMES = {"cv2": "opencv-python", "PIL": "Pillow", "skimage": "scikit-image",
+             "sklearn": "scikit-learn", "yaml": "PyYAML", "bs4": "beautifulsoup4"}
+
+
+def _raise_if_missing_module(name: str, exc: BaseException) -> None:
+    """Report a tfds builder that failed on a missing Python module as that, not as a download
+    or name problem (TFDS builders import their extra dependencies lazily)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ImportError):
+            text = str(exc)
+            module = exc.name or (text.split("'")[1] if text.count("'") >= 2 else None)
+            if module:
+                top = module.split(".")[0]
+                raise UserError(f"tfds dataset '{name}' needs the Python module '{module}', "
+                                f"which is not installed: pip install "
+                                f"{PIP_NAMES.get(top, top)}") from None
+        exc = exc.__cause__ or exc.__context__
+
+
 def tfds_splits(name: str, data_dir: str, size: int, val_fraction: float, seed: int):
     try:
         import tensorflow_datasets as tfds
@@ -193,6 +218,7 @@ def tfds_splits(name: str, data_dir: str, size: int, val_fraction: float, seed: 
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
     except Exception as exc:  # noqa: BLE001 - DatasetNotFoundError and friends
+        _raise_if_missing_module(name, exc)
         try:
             known = tfds.list_builders()
         except Exception:  # noqa: BLE001
@@ -205,6 +231,7 @@ def tfds_splits(name: str, data_dir: str, size: int, val_fraction: float, seed: 
         try:
             builder.download_and_prepare()
         except Exception as exc:  # noqa: BLE001 - no network, missing manual files...
+            _raise_if_missing_module(name, exc)
             where = builder.data_dir
             raise UserError(
                 f"tfds dataset '{name}' is not prepared in {where} and could not be downloaded "
@@ -213,6 +240,9 @@ def tfds_splits(name: str, data_dir: str, size: int, val_fraction: float, seed: 
     splits = list(builder.info.splits.keys())
     label_feature = builder.info.features["label"]
     class_names = list(label_feature.names)
+    if len(class_names) < 2:
+        raise UserError(f"tfds dataset '{name}' has {len(class_names)} class(es); a classifier "
+                        "needs at least two")
 
     def read(split):
         ds = builder.as_dataset(split=split, as_supervised=True)

@@ -9,9 +9,9 @@ from kerascls.export import FORMATS, export_run
 
 
 def build_parser():
-    from kerascls.config import _Parser
+    from kerascls.cli import Parser
 
-    p = _Parser(prog="python -m kerascls.export",
+    p = Parser(prog="python -m kerascls.export",
                 description="Export a trained run as TF Serving SavedModel and TFLite models.")
     p.add_argument("run_dir", help="run directory written by python -m kerascls.train")
     p.add_argument("--formats", default="saved_model,tflite-float32,tflite-int8",

@@ -390,8 +390,13 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: dict, path: Path) -> Path:
-    """Size, test accuracy and p50 latency per artifact, as three bar charts."""
+def report_figure(report: dict):
+    """Size, test accuracy and p50 latency per artifact, as three bar charts side by side.
+
+    The artifact names label the first panel only (the panels share the y axis), and every
+    panel's x range leaves room for the value printed at the end of each bar, so no value
+    runs into the next panel's names.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -403,19 +408,30 @@ def plot_report(report: dict, path: Path) -> Path:
     panels = [("size (KiB)", [(r["size_bytes"] or 0) / 1024 for r in rows]),
               ("test accuracy", [r["accuracy"] for r in rows]),
               (f"p50 latency, {t} thread (ms)", [r["latency"][t]["p50_ms"] for r in rows])]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(rows) + 1.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(rows) + 1.6), sharey=True)
     colors = ["tab:red" if r["recall_drops"] else "tab:blue" for r in rows]
     for ax, (title, values) in zip(axes, panels):
         ax.barh(names, values, color=colors)
         ax.set_title(title)
-        ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
+        lo = 0.0
+        if ax is axes[1]:
+            lo = max(0.0, min(values) - 0.05)
+        hi = max([lo, *values]) or 1.0
+        ax.set_xlim(lo, hi + (hi - lo) * 0.35)  # room for the value labels
         for i, v in enumerate(values):
-            ax.text(v, i, f" {v:.3g}", va="center", fontsize=8)
-    accs = [r["accuracy"] for r in rows]
-    axes[1].set_xlim(max(0.0, min(accs) - 0.05), 1.0)
+            ax.text(v, i, f" {v:.3g}", va="center", ha="left", fontsize=8, clip_on=True)
+    axes[0].invert_yaxis()  # shared: once inverts all three
     fig.suptitle(f"Export report: {report['model_name']} (red: recall drop > "
                  f"{report['recall_drop_threshold_points']:g} points)")
+    return fig
+
+
+def plot_report(report: dict, path: Path) -> Path:
+    """:func:`report_figure` written to ``path`` as PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(report)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")

@@ -26,40 +26,37 @@ import argparse
 import gc
 import sys
 
+from kerascls.cli import Parser
 from kerascls.errors import UserError, cli_main
 
 COMMANDS = ("list", "summary", "params", "flops", "scale")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (raised as UserError, reported by cli_main)."""
-
-    def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m kerascls.models", description="Inspect the registered models.")
+    p = Parser(prog="python -m kerascls.models", description="Inspect the registered models.")
     sub = p.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
 
     def sized(sp):
-        sp.add_argument("--image-size", type=int, default=0,
+        sp.add_argument("--image-size", type=int, default=0, metavar="PX",
                         help="square input size in pixels (default: each model's default size)")
-        sp.add_argument("--num-classes", type=int, default=10, help="classes (default: 10)")
+        sp.add_argument("--num-classes", type=int, default=10, metavar="N",
+                        help="classes (default: 10)")
         sp.add_argument("--stem", default="auto", choices=("auto", "cifar", "imagenet"),
                         help="zoo families: the stem (default: chosen from the input size)")
 
     sp = sub.add_parser("list", help="registered models with family, sizes and paper")
-    sp.add_argument("patterns", nargs="*", default=["*"], help="shell-style name patterns")
+    sp.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN",
+                    help="shell-style name patterns (default: every model)")
     sp = sub.add_parser("summary", help="layers, output shapes and parameters of one model")
-    sp.add_argument("name", help="a registered model name")
+    sp.add_argument("name", metavar="MODEL", help="a registered model name")
     sized(sp)
     sp.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="builder argument, repeatable (e.g. depth=32, widths=8,16,32)")
     for command, text in (("params", "parameter counts"),
                           ("flops", "multiply-accumulates per image")):
         sp = sub.add_parser(command, help=text)
-        sp.add_argument("patterns", nargs="*", default=["*"], help="shell-style name patterns")
+        sp.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN",
+                        help="shell-style name patterns (default: every model)")
         sized(sp)
     _scale_parser(sub)
     return p
@@ -178,12 +175,18 @@ def main(argv=None) -> int:
 
         return main_scale(args)
     if args.command == "list":
-        from kerascls.registry import get_spec
+        # From the catalog: names, sizes and papers need no Keras (see kerascls.catalog).
+        from kerascls import catalog
 
         rows = []
-        for name in _names(args.patterns):
-            s = get_spec(name)
-            rows.append((name, s.family, s.default_size, s.min_size, s.paper))
+        for pattern in args.patterns:
+            found = catalog.models(pattern)
+            if not found:
+                if any(c in pattern for c in "*?["):
+                    raise UserError(f"no model matches '{pattern}'")
+                catalog.info(pattern)  # raises the did-you-mean error
+            rows.extend((i.name, i.family, i.default_size, i.min_size, i.paper) for i in found
+                        if i.name not in {r[0] for r in rows})
         print(_table(rows, ("model", "family", "default", "min", "paper")))
         return 0
     from kerascls.shapes import count_macs

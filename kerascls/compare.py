@@ -38,7 +38,6 @@ import csv
 import io
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -176,13 +175,9 @@ def ensure_exports(run) -> dict[str, Path]:
 
 def tflite_probabilities(run, path: Path, x: np.ndarray) -> np.ndarray:
     """Test-split probabilities of a ``.tflite`` file, read the way its consumers read it."""
-    if run.is_bayesian:
-        from kerascls.models.bayesian import ensemble_predict
+    from kerascls.export.tflite import predict
 
-        return ensemble_predict(path, x)["probabilities"]
-    from kerascls.export.tflite import interpreter, predict
-
-    return predict(interpreter(path), x)
+    return predict(path, x)
 
 
 def tflite_latency_ms(path: Path, image: np.ndarray, repeats: int = TFLITE_REPEATS,
@@ -192,52 +187,15 @@ def tflite_latency_ms(path: Path, image: np.ndarray, repeats: int = TFLITE_REPEA
     The invokes run in ``blocks`` blocks of ``repeats``; the fastest block's mean is the figure
     (as ``timeit`` does), so that other processes on a shared machine inflate it less.
     """
-    from kerascls.export.tflite import interpreter, quantize_pixels
+    from kerascls.export.tflite import single_image_call
+    from kerascls.timing import best_block_ms
 
-    it = interpreter(path, threads=1)
-    inp = it.get_input_details()[0]
-    if int(inp["shape"][0]) != 1:
-        it.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
-        it.allocate_tensors()
-        inp = it.get_input_details()[0]
-    scale, zero_point = inp["quantization"]
-    pixels = quantize_pixels(np.asarray(image, np.float32)[None], inp["dtype"], scale, zero_point)
-    it.set_tensor(inp["index"], pixels)
-    it.invoke()
-    best = math.inf
-    for _ in range(blocks):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            it.set_tensor(inp["index"], pixels)
-            it.invoke()
-        best = min(best, (time.perf_counter() - t0) / repeats)
-    return best * 1e3
+    return best_block_ms(single_image_call(path, image, threads=1), repeats, blocks)
 
 
 def count_params_and_macs(run) -> tuple[int, int]:
-    """Parameters and multiply-accumulates per image of the run's model."""
-    if run.is_bayesian:
-        model = run.model.model
-        return int(model.count_params()), _duck_macs(model)
-    from kerascls.shapes import count_macs
-
-    return int(run.model.count_params()), int(count_macs(run.model))
-
-
-def _duck_macs(model) -> int:
-    """MACs of a tf_keras model's convolution and dense layers (one Monte Carlo pass)."""
-    total = 0
-    for layer in model.layers:
-        out = getattr(layer, "output_shape", None)
-        inp = getattr(layer, "input_shape", None)
-        if not out or not inp or isinstance(out, list):
-            continue
-        if hasattr(layer, "filters") and hasattr(layer, "kernel_size"):
-            k = math.prod(layer.kernel_size)
-            total += math.prod(int(d) for d in out[1:-1]) * k * int(inp[-1]) * int(layer.filters)
-        elif hasattr(layer, "units"):
-            total += math.prod(int(d) for d in inp[1:-1]) * int(inp[-1]) * int(layer.units)
-    return int(total)
+    """Parameters and multiply-accumulates per image of the run's model (its engine counts)."""
+    return run.engine.count_macs(run)
 
 
 def build_row(entry: Entry, splits=None) -> dict:
@@ -302,21 +260,22 @@ def compare(models: str, dataset: str = "digits", *, epochs: int = 10, image_siz
         ``{"rows": [...], "files": {...}}``: the table rows and the paths written.
     """
     from kerascls.registry import get_spec
-    from kerascls.train import _check_model_input, _slug, train
+    from kerascls.train import check_model_input, train
+    from kerascls.training.rundir import slug
 
     if epochs < 1:
         raise UserError(f"--epochs must be a positive integer. Received: {epochs}")
     if image_size < 0:
         raise UserError(f"--image-size must be >= 0 (0: each model's default). "
                         f"Received: {image_size}")
-    out = Path(out_dir) if out_dir else Path("runs") / f"compare-{_slug(dataset)}"
+    out = Path(out_dir) if out_dir else Path("runs") / f"compare-{slug(dataset)}"
     entries = resolve_entries(models, out)
     configs = {e.label: make_config(e.model_name, dataset, epochs=epochs, image_size=image_size,
                                     batch_size=batch_size, seed=seed, out_dir=out,
                                     verbose=verbose, learning_rate=learning_rate)
                for e in entries if not e.existing}
     for label, cfg in configs.items():
-        _check_model_input(cfg, cfg.data.image_size or get_spec(cfg.model.model).default_size)
+        check_model_input(cfg, cfg.data.image_size or get_spec(cfg.model.model).default_size)
     rows = []
     for i, e in enumerate(entries, start=1):
         row_path = out / "rows" / f"{e.label}.json"
@@ -402,13 +361,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _plt():
-    from kerascls.plots import _plt as plots_plt
+    from kerascls.plots import pyplot as plots_plt
 
     return plots_plt()
 
 
 def _save(fig, path: Path) -> Path:
-    from kerascls.plots import _save as plots_save
+    from kerascls.plots import save_figure as plots_save
 
     return plots_save(fig, path)
 
@@ -474,12 +433,12 @@ def plot_training_curves(rows: list[dict], path: Path) -> Path:
     Accuracy, not loss: a Bayesian model's loss is the negative ELBO (cross-entropy plus the KL
     term), which is not on the same scale as the others' cross-entropy.
     """
-    from kerascls.train import _read_history
+    from kerascls.training.history import read_history
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in rows:
-        hist = _read_history(Path(r["run_dir"]) / "history.csv")
+        hist = read_history(Path(r["run_dir"]) / "history.csv")
         for ax, key in zip(axes, ("accuracy", "val_accuracy")):
             vals = hist.get(key)
             if vals:

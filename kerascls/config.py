@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kerascls.distribute import DEVICES, LR_SCALING, MIXED_PRECISION, STRATEGIES
+from kerascls.choices import BNN_IMPLS, DEVICES, LR_SCALING, MIXED_PRECISION, STRATEGIES
 from kerascls.cli import Parser, metavar_for
 from kerascls.errors import UserError
 
@@ -68,6 +68,10 @@ class ModelConfig:
                                 "architectures' own 0.99/0.999 suit long ImageNet schedules); 0 "
                                 "keeps each architecture's own")
     prior_scale: float = _field(1.0, "Bayesian models: sigma of the N(0, sigma^2) weight prior")
+    bnn_impl: str = _field("auto", "Bayesian models: tfp (TensorFlow Probability's Flipout "
+                           "layers, tensorflow backend) or keras (kerascls' Keras 3 Flipout "
+                           "layers, any backend); auto picks tfp on tensorflow, keras elsewhere",
+                           BNN_IMPLS)
     bnn_trunk: str = _field("flipout", "bnn_cnn: Flipout or deterministic convolutions under "
                             "the Flipout head", ("flipout", "deterministic"))
     args: dict = _field({}, "builder arguments of the model, e.g. depth: 32 (YAML model.args; "
@@ -183,7 +187,7 @@ def _field_types(section) -> dict[str, type]:
 def parse_value(typ: type, raw: Any, where: str):
     """Parse ``raw`` as ``typ`` (bool, int, float, str); raise UserError naming ``where``."""
     if typ is dict:
-        if isinstance(raw, (list, tuple)):  # repeated --model-arg KEY=VALUE
+        if isinstance(raw, (list, tuple)) and where.startswith("--"):  # repeated --model-arg
             from kerascls.registry import parse_model_arg_pairs
 
             return parse_model_arg_pairs(raw, where)

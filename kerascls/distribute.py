@@ -37,55 +37,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from kerascls.choices import DEVICES, MIXED_PRECISION, STRATEGIES
 from kerascls.errors import UserError
+from kerascls.training.schedule import lr_factor
 
-STRATEGIES = ("none", "mirrored", "multiworker", "data-parallel")
 BACKEND_STRATEGIES = {
     "tensorflow": ("none", "mirrored", "multiworker"),
     "jax": ("none", "data-parallel"),
     "torch": ("none",),
 }
-DEVICES = ("auto", "cpu", "gpu")
-MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
-LR_SCALING = ("linear", "sqrt", "none")
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
-
-
-# -- the learning-rate rule -----------------------------------------------------------------------
-def lr_factor(train_cfg) -> float:
-    """The factor ``--lr-scaling`` applies to ``--learning-rate`` for the global batch.
-
-    Args:
-        train_cfg: the ``train`` section of the configuration (``batch_size``, ``lr_scaling``,
-            ``lr_base_batch``).
-
-    Returns:
-        ``batch_size / lr_base_batch`` (linear), its square root (sqrt), or 1 (none).
-
-    Example:
-        >>> from kerascls.config import TrainConfig
-        >>> lr_factor(TrainConfig(batch_size=256, lr_base_batch=64))
-        4.0
-    """
-    rule = train_cfg.lr_scaling
-    if rule not in LR_SCALING:
-        raise UserError(f"--lr-scaling must be one of {', '.join(LR_SCALING)}. Received: {rule}")
-    if train_cfg.lr_base_batch <= 0:
-        raise UserError(f"--lr-base-batch must be a positive integer. "
-                        f"Received: {train_cfg.lr_base_batch}")
-    ratio = train_cfg.batch_size / train_cfg.lr_base_batch
-    if rule == "linear":
-        return ratio
-    if rule == "sqrt":
-        return math.sqrt(ratio)
-    return 1.0
 
 
 # -- TF_CONFIG ------------------------------------------------------------------------------------
@@ -356,8 +323,7 @@ def setup(cfg) -> Placement:
     if backend == "torch" and t.device != "auto" and "keras" not in sys.modules:
         # Keras' torch backend picks its device when it is imported.
         os.environ["KERAS_TORCH_DEVICE"] = {"cpu": "cpu", "gpu": "cuda"}[t.device]
-    # The Bayesian (tf_keras) models run their own optimizer on --learning-rate as given.
-    factor = lr_factor(t) if _check_model(cfg) == "keras" else 1.0
+    factor = lr_factor(t)  # every engine applies the same rule (kerascls.training.schedule)
     if backend == "tensorflow":
         placement = _setup_tensorflow(t, cluster)
     elif backend == "jax":
@@ -401,23 +367,6 @@ def _check_options(t, backend: str) -> None:
         if t.device == "gpu":
             raise UserError("--cpu-devices trains on logical CPU devices; it contradicts "
                             "--device gpu")
-
-
-def _check_model(cfg) -> str:
-    """Refuse what the model's framework cannot do; return the framework."""
-    from kerascls.registry import get_spec
-
-    spec = get_spec(cfg.model.model)
-    if spec.framework != "tf_keras":
-        return spec.framework
-    t = cfg.train
-    if t.strategy != "none":
-        raise UserError(f"--strategy {t.strategy} is not available for the Bayesian model "
-                        f"{spec.name} (tf_keras); train it with --strategy none")
-    if t.mixed_precision != "off":
-        raise UserError(f"--mixed-precision {t.mixed_precision} is not available for the Bayesian "
-                        f"model {spec.name} (tf_keras); use --mixed-precision off")
-    return spec.framework
 
 
 def _runtime_started_error(what: str) -> UserError:

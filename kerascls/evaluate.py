@@ -116,7 +116,7 @@ def predict_mc(run, x: np.ndarray, samples: int, *, mc_dropout: bool = False,
         if mc_dropout:
             raise UserError("--mc-dropout applies to deterministic models; a Bayesian run always "
                             "predicts by Monte Carlo (set the samples with --mc-samples)")
-        return run.model.predict_mc(np.asarray(x, np.float32), samples, batch_size)
+        return run.predictor.predict_mc(np.asarray(x, np.float32), samples, batch_size)
     if not mc_dropout:
         return None
     cache = run.__dict__.setdefault("_mc_dropout_model", [])

@@ -327,7 +327,7 @@ def region_mass(maps, mask) -> np.ndarray:
 def explainer_for_run(run, layer: str | None = None) -> Explainer:
     """An :class:`Explainer` for a Keras 3 run; Bayesian (tf_keras) runs are refused."""
     if run.is_bayesian:
-        raise UserError(f"{run.path} is a Bayesian (tf_keras) run; explain takes Keras 3 runs. "
+        raise UserError(f"{run.path} is a Bayesian run; explain takes deterministic runs. "
                         "Explain its deterministic twin (e.g. lenet for bnn_cnn) instead")
     return Explainer(run.model, layer)
 
@@ -368,15 +368,15 @@ def overlay(image, heat, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
 
 
 def _plt():
-    from kerascls.plots import _plt as plots_plt
+    from kerascls.plots import pyplot
 
-    return plots_plt()
+    return pyplot()
 
 
 def _save(fig, path: Path) -> Path:
-    from kerascls.plots import _save as plots_save
+    from kerascls.plots import save_figure
 
-    return plots_save(fig, path)
+    return save_figure(fig, path)
 
 
 def _imshow(ax, img, title: str = "") -> None:

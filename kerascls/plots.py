@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,14 +17,19 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically) and close it."""
     from kerascls.fileio import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
+
+
+_plt = pyplot
+_save = save_figure
 
 
 def training_curves(history: dict[str, list[float]], path: str | Path) -> Path:

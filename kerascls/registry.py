@@ -29,7 +29,9 @@ class ModelSpec:
         family: family name (the module it lives in).
         default_size: the input size the model is usually trained at (square).
         min_size: smallest square input the architecture accepts.
-        framework: ``"keras"`` for Keras 3 models, ``"tf_keras"`` for the TFP Bayesian models.
+        engines: the engines that can build the model, preferred first (see
+            :mod:`kerascls.engines`): ``("keras",)`` for Keras 3 models, ``("tfp", "keras")`` for
+            the Bayesian models (TFP's Flipout layers, or kerascls' Keras 3 ones).
         paper: reference for the architecture.
         task: ``"classify"`` (image in, class probabilities out) or ``"detect"`` (YOLO heads).
     """
@@ -39,7 +41,7 @@ class ModelSpec:
     family: str
     default_size: int = 32
     min_size: int = 8
-    framework: str = "keras"
+    engines: tuple[str, ...] = ("keras",)
     paper: str = ""
     task: str = "classify"
 
@@ -69,7 +71,7 @@ def register(
     family: str,
     default_size: int = 32,
     min_size: int = 8,
-    framework: str = "keras",
+    engines: tuple[str, ...] = ("keras",),
     paper: str = "",
     task: str = "classify",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -78,8 +80,9 @@ def register(
     def deco(builder: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is registered twice")
-        _REGISTRY[name] = ModelSpec(name, builder, family, default_size, min_size, framework, paper,
-                                    task)
+        _REGISTRY[name] = ModelSpec(name, builder, family, default_size=default_size,
+                                    min_size=min_size, engines=tuple(engines), paper=paper,
+                                    task=task)
         return builder
 
     return deco

@@ -53,61 +53,44 @@ class Run:
         return float(self.metadata.get("temperature", 1.0))
 
     @property
+    def engine(self):
+        """The :class:`kerascls.engines.Engine` that trained the run (from the manifest)."""
+        from kerascls.engines import engine_of_manifest, get_engine
+
+        return get_engine(engine_of_manifest(self.metadata))
+
+    @functools.cached_property
+    def predictor(self):
+        """The run's :class:`kerascls.engines.Predictor`, loaded once by its engine."""
+        return self.engine.load(self)
+
+    @property
     def is_bayesian(self) -> bool:
-        return self.metadata.get("framework", "keras") == "tf_keras"
+        """True when the run predicts by Monte Carlo over posterior samples."""
+        return bool(self.predictor.bayesian)
 
     # -- models ---------------------------------------------------------------------------------
-    @functools.cached_property
+    @property
     def model(self):
-        """The trained model: a Keras 3 model, or the Bayesian predictor for tf_keras runs."""
-        if self.is_bayesian:
-            from kerascls.models import bayesian
-
-            return bayesian.load_predictor(self.path)
-        import keras
-
-        import kerascls.layers  # noqa: F401 - registers custom layers for deserialization
-        from kerascls.registry import list_models
-
-        list_models()  # imports every family, registering its custom layers (ShortcutA, ...)
-
-        path = self.path / MODEL_FILE
-        if not path.is_file():
-            raise UserError(f"run directory {self.path} has no model ({MODEL_FILE})")
-        return keras.saving.load_model(path, compile=False)
+        """The trained network (a Keras 3 model; a ``tf_keras`` model for the ``tfp`` engine)."""
+        return self.predictor.model
 
     def deployable(self):
         """The Keras model that exports convert: the model with its fitted temperature applied."""
-        if self.is_bayesian:
+        deployable = getattr(self.predictor, "deployable", None)
+        if deployable is None or self.is_bayesian:
             raise UserError("Bayesian runs are exported through their Monte Carlo predictor")
-        model = self.model
-        if abs(self.temperature - 1.0) < 1e-9:
-            return model
-        import keras
-
-        from kerascls.layers import Temperature
-
-        outputs = Temperature(self.temperature, name="calibrated")(model.outputs[0])
-        return keras.Model(model.inputs, outputs, name=f"{model.name}_calibrated")
+        return deployable()
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 256, calibrated: bool = True):
         """Class probabilities for float32 0..255 images at the run's input size."""
-        x = np.asarray(x, dtype=np.float32)
-        if self.is_bayesian:
-            return self.model.predict_proba(x, batch_size=batch_size)
-        probs = self.model.predict(x, batch_size=batch_size, verbose=0)
-        probs = np.asarray(probs, dtype=np.float32)
-        if calibrated and abs(self.temperature - 1.0) > 1e-9:
-            from kerascls.metrics import apply_temperature
-
-            probs = apply_temperature(probs, self.temperature)
-        return probs
+        return self.predictor.predict_proba(np.asarray(x, dtype=np.float32),
+                                            batch_size=batch_size, calibrated=calibrated)
 
     def signature_outputs(self, pixels, n: int | None = None) -> dict:
-        """TF-traceable outputs for a float32 0..255 batch: ``probabilities`` (+ uncertainty for BNNs)."""
-        if self.is_bayesian:
-            return self.model.signature_outputs(pixels, n or self.config.eval.mc_samples)
-        return {"probabilities": self.deployable()(pixels, training=False)}
+        """TF-traceable outputs for a float32 0..255 batch: ``probabilities`` (+ uncertainty for
+        Bayesian runs, from ``n`` Monte Carlo samples, default ``eval.mc_samples``)."""
+        return self.predictor.signature_outputs(pixels, n or self.config.eval.mc_samples)
 
     # -- data -----------------------------------------------------------------------------------
     def dataset(self, dataset: str | None = None):
@@ -139,6 +122,7 @@ def load_run(run_dir: str | Path) -> Run:
     cfg_path = path / CONFIG_FILE
     config = Config.load(cfg_path) if cfg_path.is_file() else Config()
     run = Run(path, metadata, config)
-    if not run.is_bayesian and not (path / MODEL_FILE).is_file():
-        raise UserError(f"run directory {run_dir} has no model ({MODEL_FILE})")
+    missing = [f for f in run.engine.model_files if not (path / f).is_file()]
+    if missing:
+        raise UserError(f"run directory {run_dir} has no model ({', '.join(missing)})")
     return run

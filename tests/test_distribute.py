@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from kerascls.config import TrainConfig
-from kerascls.distribute import Cluster, _check_options, lr_factor, parse_tf_config
+from kerascls.distribute import Cluster, _check_options, parse_tf_config
+from kerascls.training.schedule import lr_factor
 from kerascls.errors import UserError
 from kerascls.train import main
 
@@ -111,7 +112,7 @@ def test_lr_rule(rule, batch, expected):
 
 def test_optimizer_uses_the_scaled_rate():
     from kerascls.config import Config
-    from kerascls.train import make_optimizer
+    from kerascls.training.schedule import make_optimizer
 
     cfg = Config()
     cfg.train.batch_size, cfg.train.schedule = 256, "constant"

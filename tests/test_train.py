@@ -152,7 +152,7 @@ def test_one_epoch_on_other_backends(backend, tmp_path):
 def test_batch_norm_recalibration_averages_the_batch_statistics():
     import keras
 
-    from kerascls.train import batch_norm_layers, recalibrate_batch_norm
+    from kerascls.training.batchnorm import batch_norm_layers, recalibrate_batch_norm
 
     rng = np.random.default_rng(0)
     x = rng.normal(50.0, 20.0, size=(96, 4, 4, 3)).astype("float32")

@@ -2,8 +2,9 @@
 
 ``FORMATS[name] = (function path, allowed options)``; each function has the signature
 ``fn(run, out_dir: Path, **options) -> list[Path]``. Options a format does not take are refused,
-not ignored. Tflite formats of a Bayesian (``tf_keras``) run go to the posterior-sample ensemble
-exporter in :mod:`kerascls.models.bayesian`.
+not ignored. Tflite formats go through the run's engine (:mod:`kerascls.engines`), which converts
+a deterministic model with the functions named here and a Bayesian one as a posterior-sample
+ensemble (:mod:`kerascls.export.montecarlo`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def parse_formats(spec: str) -> list[str]:
     return names
 
 
+def resolve_function(path: str):
+    """The function ``"module:function"`` names (the :data:`FORMATS` entries)."""
+    return _resolve(path)
+
+
 def _resolve(path: str):
     mod, _, fn = path.partition(":")
     return getattr(importlib.import_module(mod), fn)
@@ -54,12 +60,10 @@ def export_format(run, name: str, out_dir: Path, **options) -> list[Path]:
     if bad:
         raise UserError(f"format {name} does not take option(s) {', '.join(bad)}; "
                         f"it takes: {', '.join(allowed) or 'none'}")
-    if run.is_bayesian and name.startswith("tflite"):
-        from kerascls.models import bayesian
-
+    if name.startswith("tflite"):
         if members is not None:
             given["members"] = members
-        return bayesian.export_tflite(run, out_dir, name, **given)
+        return run.engine.export_tflite(run, out_dir, name, **given)
     return _resolve(path)(run, out_dir, **given)
 
 

@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +44,10 @@ WARMUP_RUNS = 5
 # helpers
 
 
-def _percentiles(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 4),
-            "p90_ms": round(float(np.percentile(ms, 90)), 4)}
-
-
 def _time_calls(fn, runs: int) -> dict:
-    for _ in range(WARMUP_RUNS):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return _percentiles(times)
+    from kerascls.timing import percentiles, time_calls
+
+    return percentiles(time_calls(fn, runs, WARMUP_RUNS))
 
 
 def artifact_size(path: Path) -> int:
@@ -81,29 +69,15 @@ def _sidecar(path: Path) -> dict:
     return json.loads(side.read_text()) if side.is_file() else {}
 
 
-def _probability_output(it, sidecar: dict) -> int:
-    """Position (in ``get_output_details()``) of the output holding the class probabilities."""
-    outputs = it.get_output_details()
-    for entry in sidecar.get("outputs", []):
-        if entry.get("role") == "probabilities":
-            for i, detail in enumerate(outputs):
-                if detail["name"] == entry.get("name"):
-                    return i
-            if isinstance(entry.get("index"), int):
-                return entry["index"]
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------
 # predictions
 
 
 def tflite_predict(path: Path, x: np.ndarray) -> np.ndarray:
     """Probabilities of a ``.tflite`` file on float32 0..255 images, prepared as a device does."""
-    from kerascls.export.tflite import interpreter, predict
+    from kerascls.export.tflite import predict
 
-    it = interpreter(path)
-    return predict(it, x, output=_probability_output(it, _sidecar(path)))
+    return predict(path, x)
 
 
 def saved_model_predict(directory: Path, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -129,19 +103,9 @@ def keras_predict(run, x: np.ndarray) -> np.ndarray:
 
 def tflite_latency(path: Path, image: np.ndarray, threads: int, runs: int) -> dict:
     """p50/p90 of ``set_tensor`` + ``invoke`` + ``get_tensor`` for one prepared image."""
-    from kerascls.export.tflite import interpreter, quantize_pixels
+    from kerascls.export.tflite import single_image_call
 
-    it = interpreter(path, threads=threads)
-    inp = it.get_input_details()[0]
-    out_index = it.get_output_details()[_probability_output(it, _sidecar(path))]["index"]
-    tensor = quantize_pixels(image[None], inp["dtype"], *inp["quantization"])
-
-    def call():
-        it.set_tensor(inp["index"], tensor)
-        it.invoke()
-        it.get_tensor(out_index)
-
-    return _time_calls(call, runs)
+    return _time_calls(single_image_call(path, image, threads), runs)
 
 
 def _this_process_threads() -> int | None:

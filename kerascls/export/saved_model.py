@@ -303,8 +303,7 @@ def decode_images(image_bytes, size: tuple[int, int], max_pixels: int = MAX_IMAG
 
 
 def _trackable(run):
-    model = run.model
-    return getattr(model, "trackable", model)
+    return run.predictor.trackable
 
 
 def build_serving_module(run, max_pixels: int = MAX_IMAGE_PIXELS):

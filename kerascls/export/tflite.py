@@ -353,25 +353,63 @@ def pin_input_quantization(content: bytes) -> bytes:
 # checks and sidecar
 
 
-def predict(it, x: np.ndarray, batch_size: int = 64, output: int = 0) -> np.ndarray:
-    """Float probabilities of a TFLite interpreter on float32 0..255 images.
+def _outputs_by_name(it) -> dict[str, int]:
+    """Output name -> position in ``get_output_details()``: the signature's output names when
+    the file has a ``serving_default`` signature, and ``probabilities`` for the only output of a
+    single-output model."""
+    details = it.get_output_details()
+    names: dict[str, int] = {}
+    signatures = it.get_signature_list() if hasattr(it, "get_signature_list") else {}
+    if "serving_default" in signatures:
+        position = {d["index"]: i for i, d in enumerate(details)}
+        runner = it.get_signature_runner("serving_default")
+        for key, detail in runner.get_output_details().items():
+            if detail["index"] in position:
+                names[key] = position[detail["index"]]
+    if "probabilities" not in names and len(details) == 1:
+        names["probabilities"] = 0
+    return names
 
-    Inputs are quantized the way a device does it (:func:`quantize_pixels`) and quantized
-    outputs are dequantized. Models with a dynamic batch dimension run ``batch_size`` images at
-    a time, others one at a time.
+
+def run_tflite(source, x: np.ndarray, *, batch_size: int = 64, threads: int = 1,
+               outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Run a ``.tflite`` model on float32 0..255 images, as a device does; every output, by name.
+
+    The one way kerascls runs a TFLite file (export checks, the export report, compare, the
+    Bayesian ensembles). Inputs are quantized the way a device does it
+    (:func:`quantize_pixels`) and quantized outputs are dequantized to float32. Models with a
+    dynamic batch dimension run ``batch_size`` images per invoke, others one at a time.
 
     Args:
-        it: an allocated interpreter (see :func:`interpreter`).
+        source: a path, the file's bytes, or an allocated interpreter (see :func:`interpreter`).
         x: float32 (N, H, W, 3) images in 0..255 at the model's input size.
-        batch_size: images per call for dynamic-batch models.
-        output: position in ``get_output_details()`` of the probabilities.
+        batch_size: images per invoke for dynamic-batch models.
+        threads: interpreter threads (when ``source`` is a path or bytes).
+        outputs: the output names to return (default: all); ``probabilities`` is the class
+            probabilities of every kerascls model.
+
+    Returns:
+        ``{name: (N, ...) float32}``.
     """
+    if isinstance(source, (bytes, bytearray)):
+        it = interpreter(model_content=bytes(source), threads=threads)
+    elif isinstance(source, (str, Path)):
+        it = interpreter(source, threads=threads)
+    else:
+        it = source
+    names = _outputs_by_name(it)
+    wanted = tuple(names) if outputs is None else tuple(outputs)
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise UserError(f"the TFLite model has no output {', '.join(missing)}; it has "
+                        f"{', '.join(names) or 'unnamed outputs'}")
     inp = it.get_input_details()[0]
     dynamic = int(inp["shape_signature"][0]) == -1
     step = batch_size if dynamic else 1
     scale, zero_point = inp["quantization"]
     current = int(inp["shape"][0])
-    results = []
+    x = np.asarray(x, np.float32)
+    results: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
     for start in range(0, len(x), step):
         chunk = quantize_pixels(x[start:start + step], inp["dtype"], scale, zero_point)
         if len(chunk) != current:
@@ -380,13 +418,44 @@ def predict(it, x: np.ndarray, batch_size: int = 64, output: int = 0) -> np.ndar
             current = len(chunk)
         it.set_tensor(inp["index"], chunk)
         it.invoke()
-        out = it.get_output_details()[output]
-        y = it.get_tensor(out["index"]).astype(np.float32)
-        oscale, ozero = out["quantization"]
-        if oscale:
-            y = (y - np.float32(ozero)) * np.float32(oscale)
-        results.append(y.reshape(len(chunk), -1))
-    return np.concatenate(results)
+        details = it.get_output_details()
+        for name in wanted:
+            out = details[names[name]]
+            y = it.get_tensor(out["index"]).astype(np.float32)
+            oscale, ozero = out["quantization"]
+            if oscale:
+                y = (y - np.float32(ozero)) * np.float32(oscale)
+            results[name].append(y)
+    return {n: np.concatenate(v) if v else np.zeros((0,), np.float32)
+            for n, v in results.items()}
+
+
+def single_image_call(path, image: np.ndarray, threads: int = 1):
+    """A zero-argument call running ``path`` on one prepared image: ``set_tensor``, ``invoke``
+    and ``get_tensor`` of the probabilities, as a device classifies one image. For latency
+    measurements (:mod:`kerascls.timing`)."""
+    it = interpreter(path, threads=threads)
+    inp = it.get_input_details()[0]
+    if int(inp["shape"][0]) != 1:
+        it.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]
+    out_index = it.get_output_details()[_outputs_by_name(it).get("probabilities", 0)]["index"]
+    tensor = quantize_pixels(np.asarray(image, np.float32)[None], inp["dtype"],
+                             *inp["quantization"])
+
+    def call():
+        it.set_tensor(inp["index"], tensor)
+        it.invoke()
+        return it.get_tensor(out_index)
+
+    return call
+
+
+def predict(source, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """``(N, C)`` float32 class probabilities of a TFLite model (see :func:`run_tflite`)."""
+    probs = run_tflite(source, x, batch_size=batch_size, outputs=("probabilities",))
+    return probs["probabilities"].reshape(len(x), -1)
 
 
 def _check_not_constant(probs: np.ndarray, reference: np.ndarray, variant: str) -> None:
@@ -401,7 +470,7 @@ def _check_not_constant(probs: np.ndarray, reference: np.ndarray, variant: str) 
             "in 0..255 and that the run trained properly")
 
 
-def _tensor_entry(detail: dict) -> dict:
+def tensor_entry(detail: dict) -> dict:
     """One tensor of an interpreter as the sidecar lists it: name, dtype, shape, quantization."""
     scale, zero_point = detail["quantization"]
     return {
@@ -419,10 +488,10 @@ def build_sidecar(run, tflite_file: Path, variant: str, extra: dict | None = Non
     import kerascls
 
     it = interpreter(tflite_file)
-    inp = _tensor_entry(it.get_input_details()[0])
+    inp = tensor_entry(it.get_input_details()[0])
     outputs = []
     for i, detail in enumerate(it.get_output_details()):
-        entry = _tensor_entry(detail)
+        entry = tensor_entry(detail)
         entry.update(index=i, role="probabilities" if i == 0 else "output")
         outputs.append(entry)
     height, width = (int(v) for v in run.metadata["input_shape"][:2])
@@ -463,8 +532,8 @@ def build_sidecar(run, tflite_file: Path, variant: str, extra: dict | None = Non
 
 def _export(run, out_dir: Path, variant: str, representative_size: int | None = None):
     if run.is_bayesian:
-        raise UserError("Bayesian runs export their own TFLite ensemble "
-                        "(kerascls.models.bayesian); tflite-* formats take Keras 3 runs")
+        raise UserError("Bayesian runs export a posterior-sample ensemble through their engine "
+                        "(kerascls.export.montecarlo), not this converter")
     model = conversion_model(run)
     input_shape = tuple(int(v) for v in run.metadata["input_shape"])
     extra: dict = {}
@@ -488,7 +557,7 @@ def _export(run, out_dir: Path, variant: str, representative_size: int | None = 
     print(f"converting {run.name} to tflite-{variant} ...", flush=True)
     content = convert(model, input_shape, variant, representative)
     if reference_x is not None:
-        probs = predict(interpreter(model_content=content), reference_x)
+        probs = predict(content, reference_x)
         reference = np.asarray(run.deployable().predict(reference_x, verbose=0,
                                                         batch_size=64))
         _check_not_constant(probs, reference, variant)

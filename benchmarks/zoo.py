@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     from kerascls.fileio import atomic_write_json, atomic_write_text
     from kerascls.registry import get_spec, list_models
 
-    names = [n for n in list_models(args.models) if get_spec(n).framework == "keras"]
+    names = [n for n in list_models(args.models) if get_spec(n).engines == ("keras",)]
     if not names:
         print(f"error: no Keras 3 model matches '{args.models}'", file=sys.stderr)
         return 2

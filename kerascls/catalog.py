@@ -23,7 +23,7 @@ from kerascls import __version__
 from kerascls.errors import UserError, did_you_mean
 
 CACHE_NAME = "models.json"
-FIELDS = ("name", "family", "default_size", "min_size", "framework", "paper", "task")
+FIELDS = ("name", "family", "default_size", "min_size", "engines", "paper", "task")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ModelInfo:
     family: str
     default_size: int = 32
     min_size: int = 8
-    framework: str = "keras"
+    engines: tuple[str, ...] = ("keras",)
     paper: str = ""
     task: str = "classify"
 
@@ -60,7 +60,8 @@ def _read_cache() -> list[ModelInfo] | None:
         for stamp in data["sources"]:
             if _stamp(stamp[0]) != stamp:
                 return None
-        return [ModelInfo(**{k: row[k] for k in FIELDS if k in row}) for row in data["models"]]
+        return [ModelInfo(**{k: tuple(row[k]) if k == "engines" else row[k]
+                             for k in FIELDS if k in row}) for row in data["models"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -32,7 +32,7 @@ def zoo_models() -> list[str]:
     """Registered models built with Keras 3 (the tf_keras Bayesian models are tested apart)."""
     from kerascls.registry import get_spec, list_models
 
-    return [n for n in list_models() if get_spec(n).framework == "keras"]
+    return [n for n in list_models() if get_spec(n).engines == ("keras",)]
 
 
 def _size_key(value) -> float:

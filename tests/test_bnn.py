@@ -15,11 +15,18 @@ import pytest
 
 from kerascls import build_model, get_spec, list_models
 from kerascls.errors import UserError
-from kerascls.models import bayesian as B
+from kerascls.engines import tfp as B
+from kerascls.export import montecarlo as MC
 
 REPO = Path(__file__).resolve().parents[1]
 MC_SAMPLES = 20  # the fixture run's eval.mc_samples: what the SavedModel draws
 MEMBERS = 16
+
+
+def build_tfp(name, input_shape, num_classes, **overrides):
+    """The TFP (tf_keras) twin of ``build_model(name, ...)``."""
+    return B.build_from_spec({"model_name": name, "input_shape": list(input_shape),
+                              "num_classes": num_classes, "overrides": overrides})
 
 
 def _images(n, size, seed=0):
@@ -78,24 +85,24 @@ def _within_sampling_error(got, reference, key, sigmas=5.0, floor=2e-3):
 # building
 
 
-def test_registered_as_tf_keras_models():
+def test_registered_with_both_engines_tfp_first():
     assert {"bnn_mlp", "bnn_cnn"} <= set(list_models("bnn*"))
     for name in ("bnn_mlp", "bnn_cnn"):
         spec = get_spec(name)
-        assert spec.framework == "tf_keras" and spec.family == "bayesian"
+        assert spec.engines == ("tfp", "keras") and spec.family == "bayesian"
         assert "Flipout" in spec.paper
 
 
 def test_tfp_and_tf_keras_live_in_one_module():
     pattern = re.compile(r"^\s*(import|from)\s+(tensorflow_probability|tf_keras)\b", re.M)
     offenders = [str(p.relative_to(REPO)) for p in (REPO / "kerascls").rglob("*.py")
-                 if p.name != "bayesian.py" and pattern.search(p.read_text())]
-    assert offenders == []
+                 if pattern.search(p.read_text())]
+    assert offenders == [str(Path("kerascls") / "engines" / "tfp.py")]
 
 
 @pytest.mark.parametrize("name,size", [("bnn_mlp", 8), ("bnn_cnn", 16)])
 def test_build_and_forward(name, size):
-    model = build_model(name, (size, size, 3), 3, normalize="unit", num_train_examples=50)
+    model = build_tfp(name, (size, size, 3), 3, normalize="unit", num_train_examples=50)
     assert type(model).__module__.startswith("tf_keras")
     assert model.layers[0].name == "pixels" and model.get_layer("normalize") is not None
     assert model.layers[-1].name == "predictions"
@@ -105,26 +112,26 @@ def test_build_and_forward(name, size):
 
 
 def test_trunk_option_and_bad_arguments():
-    flip = build_model("bnn_cnn", (16, 16, 3), 2, trunk="flipout")
-    det = build_model("bnn_cnn", (16, 16, 3), 2, trunk="deterministic")
+    flip = build_tfp("bnn_cnn", (16, 16, 3), 2, trunk="flipout")
+    det = build_tfp("bnn_cnn", (16, 16, 3), 2, trunk="deterministic")
     assert type(flip.get_layer("conv1")).__name__ == "Conv2DFlipout"
     assert type(det.get_layer("conv1")).__name__ == "Conv2D"
     assert len(B.variational_layers(flip)) == 5 and len(B.variational_layers(det)) == 3
     with pytest.raises(UserError, match="--bnn-trunk must be one of flipout, deterministic"):
-        build_model("bnn_cnn", (16, 16, 3), 2, trunk="bayes")
+        build_tfp("bnn_cnn", (16, 16, 3), 2, trunk="bayes")
     with pytest.raises(UserError, match="bnn_mlp has no convolutions"):
-        build_model("bnn_mlp", (8, 8, 3), 2, trunk="deterministic")
+        build_tfp("bnn_mlp", (8, 8, 3), 2, trunk="deterministic")
     with pytest.raises(UserError, match="--prior-scale must be positive"):
-        build_model("bnn_cnn", (16, 16, 3), 2, prior_scale=0.0)
+        build_tfp("bnn_cnn", (16, 16, 3), 2, prior_scale=0.0)
     with pytest.raises(ValueError, match="normalize must be one of"):
-        build_model("bnn_cnn", (16, 16, 3), 2, normalize="zscore")
+        build_tfp("bnn_cnn", (16, 16, 3), 2, normalize="zscore")
 
 
 def test_kl_term_uses_prior_scale_and_is_divided_by_num_train_examples():
     import tensorflow as tf
 
     sigma, n = 0.5, 40
-    model = build_model("bnn_mlp", (4, 4, 3), 2, prior_scale=sigma, num_train_examples=n)
+    model = build_tfp("bnn_mlp", (4, 4, 3), 2, prior_scale=sigma, num_train_examples=n)
     expected = 0.0
     for layer in B.variational_layers(model):
         d = layer.kernel_posterior.distribution
@@ -141,7 +148,7 @@ def test_save_load_round_trip(tmp_path):
     spec = {"model_name": "bnn_cnn", "input_shape": [16, 16, 3], "num_classes": 3,
             "overrides": {"normalize": "unit", "prior_scale": 0.7, "num_train_examples": 30,
                           "trunk": "flipout"}}
-    model = B._build_from_spec(spec)
+    model = B.build_from_spec(spec)
     B.save_model(model, tmp_path, spec)
     loaded, spec2 = B.load_model(tmp_path)
     assert spec2 == spec
@@ -167,7 +174,7 @@ def test_run_directory_and_metrics(bnn_run):
         assert f in names, f
     assert "backup" not in names
     meta = json.loads((bnn_run / "metadata.json").read_text())
-    assert meta["framework"] == "tf_keras" and meta["temperature"] == 1.0
+    assert meta["engine"] == "tfp" and meta["temperature"] == 1.0
     assert len((bnn_run / "history.csv").read_text().strip().splitlines()) == 4 + 1
     metrics = json.loads((bnn_run / "metrics.json").read_text())
     assert metrics["accuracy"] > 0.9 and metrics["prediction"] == "monte_carlo"
@@ -184,7 +191,7 @@ def test_predictor_monte_carlo(bnn_run, fixed_images):
     from kerascls.runs import load_run
 
     run = load_run(bnn_run)
-    predictor = run.model
+    predictor = run.predictor
     assert isinstance(predictor, B.BayesianPredictor) and predictor.mc_samples == MC_SAMPLES
     mc = predictor.predict_mc(fixed_images, 7)
     assert mc.shape == (7, len(fixed_images), 2) and mc.dtype == np.float32
@@ -207,10 +214,10 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     cfg.train.epochs = 2
     cfg.train.verbose = 0
     splits = load_dataset("sentiment", 8, num_examples=60)
-    real = B._stop_on_nan_callback
+    real = B.nan_stop
 
-    def interrupting():
-        cb = real()
+    def interrupting(base):
+        cb = real(base)
 
         def stop(epoch, logs=None):
             if epoch == 1:
@@ -219,11 +226,11 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
         cb.on_epoch_begin = stop
         return cb
 
-    monkeypatch.setattr(B, "_stop_on_nan_callback", interrupting)
+    monkeypatch.setattr(B, "nan_stop", interrupting)
     with pytest.raises(KeyboardInterrupt):
         B.fit_run(cfg, splits, tmp_path)
     assert B.backup_epochs(tmp_path / "backup") == 1
-    monkeypatch.setattr(B, "_stop_on_nan_callback", real)
+    monkeypatch.setattr(B, "nan_stop", real)
     history = B.fit_run(cfg, splits, tmp_path)
     assert len(history["loss"]) == 2 and len(history["val_loss"]) == 2
     assert not (tmp_path / "backup").exists()
@@ -248,7 +255,7 @@ def test_saved_model_draws_samples_in_the_graph(bnn_run, fixed_images, tmp_path)
     assert {"probabilities", "label", "score", "entropy", "mutual_information"} <= set(out)
     again = fn(pixels=tf.constant(fixed_images))["probabilities"].numpy()
     assert np.abs(again - out["probabilities"]).max() > 0  # sampled anew per request
-    reference = _estimator_spread(run.model, fixed_images, MC_SAMPLES)
+    reference = _estimator_spread(run.predictor, fixed_images, MC_SAMPLES)
     for key in ("probabilities", "entropy", "mutual_information"):
         _within_sampling_error(out[key], reference, key)
 
@@ -259,7 +266,7 @@ def test_tflite_ensemble_agrees_and_uses_builtin_ops(bnn_run, fixed_images, tmp_
     from kerascls.runs import load_run
 
     run = load_run(bnn_run)
-    path, sidecar = B.export_tflite(run, tmp_path, "tflite-float32", members=MEMBERS)
+    path, sidecar = run.engine.export_tflite(run, tmp_path, "tflite-float32", members=MEMBERS)
     assert path.name == "bnn_cnn-float32.tflite" and sidecar.name == "bnn_cnn-float32.json"
     meta = json.loads(sidecar.read_text())
     assert meta["ensemble_members"] == MEMBERS and meta["labels"] == run.labels
@@ -271,14 +278,14 @@ def test_tflite_ensemble_agrees_and_uses_builtin_ops(bnn_run, fixed_images, tmp_
            for g in fb.subgraphs for op in g.operators}
     assert not any(o.startswith(("CUSTOM", "FLEX")) or "RANDOM" in o for o in ops), ops
 
-    got = B.ensemble_predict(path, fixed_images)
+    got = MC.ensemble_predict(path, fixed_images)
     # exact: the file computes what the tf_keras ensemble of the same posterior draws computes
-    module = B.ensemble_module(B.posterior_ensemble(run.model.model, MEMBERS, B.ENSEMBLE_SEED))
+    module = MC.ensemble_module(B.posterior_ensemble(run.model, MEMBERS, MC.ENSEMBLE_SEED))
     exact = module.serve(fixed_images)
     for key in ("probabilities", "std", "member_probabilities"):
         np.testing.assert_allclose(got[key], exact[key].numpy(), atol=2e-5)
     # statistical: K posterior samples estimate the Keras Monte Carlo mean and spread
-    reference = _estimator_spread(run.model, fixed_images, MEMBERS)
+    reference = _estimator_spread(run.predictor, fixed_images, MEMBERS)
     _within_sampling_error(got["probabilities"], reference, "probabilities")
     _within_sampling_error(got["std"], reference, "std")
 
@@ -289,7 +296,7 @@ def test_edge_runner_reports_mean_and_spread(bnn_run, fixed_images, tmp_path):
     from kerascls.runs import load_run
 
     run = load_run(bnn_run)
-    path, _ = B.export_tflite(run, tmp_path, "tflite-float32", members=4)
+    path, _ = run.engine.export_tflite(run, tmp_path, "tflite-float32", members=4)
     png = tmp_path / "image.png"
     Image.fromarray(np.round(fixed_images[0]).astype(np.uint8)).save(png)
     proc = subprocess.run([sys.executable, str(REPO / "edge" / "run_tflite.py"), str(path),
@@ -297,7 +304,7 @@ def test_edge_runner_reports_mean_and_spread(bnn_run, fixed_images, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["members"] == 4 and 0 <= result["member_std"] <= 0.5
-    got = B.ensemble_predict(path, np.round(fixed_images[:1]))
+    got = MC.ensemble_predict(path, np.round(fixed_images[:1]))
     assert result["score"] == pytest.approx(float(got["probabilities"].max()), abs=1e-4)
 
 
@@ -305,7 +312,7 @@ def test_tflite_int8_ensemble(bnn_run, tmp_path):
     from kerascls.runs import load_run
 
     run = load_run(bnn_run)
-    path, sidecar = B.export_tflite(run, tmp_path, "tflite-int8", members=3,
+    path, sidecar = run.engine.export_tflite(run, tmp_path, "tflite-int8", members=3,
                                     representative_size=100)
     meta = json.loads(sidecar.read_text())
     assert meta["input_dtype"] == "uint8"
@@ -317,7 +324,7 @@ def test_raw_flipout_model_is_not_tflite_convertible():
     """Why the ensemble exists: Flipout's random ops are not TFLite builtins."""
     import tensorflow as tf
 
-    model = build_model("bnn_mlp", (4, 4, 3), 2)
+    model = build_tfp("bnn_mlp", (4, 4, 3), 2)
     fn = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([1, 4, 4, 3])])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()],
                                                                 model)
@@ -331,13 +338,13 @@ def test_tflite_refusals(bnn_run, tmp_path):
 
     run = load_run(bnn_run)
     with pytest.raises(UserError, match="exports as tflite-float32"):
-        B.export_tflite(run, tmp_path, "tflite-int4")
+        run.engine.export_tflite(run, tmp_path, "tflite-int4")
     with pytest.raises(UserError, match="takes no option representative_size"):
-        B.export_tflite(run, tmp_path, "tflite-float32", representative_size=100)
+        run.engine.export_tflite(run, tmp_path, "tflite-float32", representative_size=100)
     with pytest.raises(UserError, match="takes no option colour"):
-        B.export_tflite(run, tmp_path, "tflite-float16", colour="red")
+        run.engine.export_tflite(run, tmp_path, "tflite-float16", colour="red")
     with pytest.raises(UserError, match="ensemble members must be a positive integer"):
-        B.export_tflite(run, tmp_path, "tflite-float32", members=0)
+        run.engine.export_tflite(run, tmp_path, "tflite-float32", members=0)
 
 
 def test_export_cli_ensemble_members(bnn_run, digits_run, tmp_path, capsys):
@@ -431,17 +438,30 @@ def test_evaluate_bad_input(bnn_run, capsys):
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_bnn_on_another_backend_is_refused(backend, tmp_path, capsys, monkeypatch):
+def test_tfp_impl_on_another_backend_is_refused(backend, tmp_path, capsys, monkeypatch):
     import keras
 
     from kerascls.train import main
 
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
-    code = main(["--model", "bnn_cnn", "--epochs", "1", "--image-size", "16", "--formats", "",
-                 "--output-dir", str(tmp_path)])
+    code = main(["--model", "bnn_cnn", "--bnn-impl", "tfp", "--epochs", "1", "--image-size",
+                 "16", "--output-dir", str(tmp_path)])
     err = _one_line_error(capsys, code)
-    assert f"bnn_cnn needs the tensorflow Keras backend; received KERAS_BACKEND={backend}" in err
+    assert (f"--bnn-impl tfp needs the tensorflow Keras backend (TFP's Flipout layers are "
+            f"tf_keras layers); received KERAS_BACKEND={backend}") in err
     assert list(tmp_path.iterdir()) == [], "a refused run left a run directory behind"
+
+
+def test_bnn_impl_refused_for_a_deterministic_model(tmp_path, capsys):
+    from kerascls.train import main
+
+    err = _one_line_error(capsys, main(["--model", "lenet", "--bnn-impl", "keras",
+                                        "--output-dir", str(tmp_path)]))
+    assert "--bnn-impl keras applies to Bayesian models" in err
+    err = _one_line_error(capsys, main(["--model", "bnn_cnn", "--prior-scale", "-1",
+                                        "--output-dir", str(tmp_path)]))
+    assert "--prior-scale must be positive. Received: -1.0" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_train_cli_rejects_zero_mc_samples(tmp_path, capsys):
@@ -450,18 +470,6 @@ def test_train_cli_rejects_zero_mc_samples(tmp_path, capsys):
     err = _one_line_error(capsys, main(["--model", "bnn_cnn", "--mc-samples", "0",
                                         "--output-dir", str(tmp_path)]))
     assert "--mc-samples must be a positive integer" in err
-
-
-@pytest.mark.backends
-def test_bnn_with_jax_backend_subprocess(tmp_path):
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-m", "kerascls.train", "--model", "bnn_cnn",
-                           "--epochs", "1", "--formats", "", "--output-dir", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert proc.returncode == 2
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert lines == ["error: bnn_cnn needs the tensorflow Keras backend; received "
-                     "KERAS_BACKEND=jax"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,3 +512,15 @@ def test_committed_notebook_holds_the_outputs_of_a_full_run():
     assert "OOD AUROC" in text and "mutual_information" in text
     for c in cells:  # the library holds the logic
         assert not any(line.startswith(("def ", "class ")) for line in c.source.splitlines())
+
+
+def test_tfp_run_loaded_on_another_backend_is_refused(bnn_run, monkeypatch):
+    import keras
+
+    from kerascls.runs import load_run
+
+    run = load_run(bnn_run)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(UserError, match="bnn_cnn needs the tensorflow Keras backend; received "
+                                        "KERAS_BACKEND=jax"):
+        run.predictor  # noqa: B018 - loading is what is refused

@@ -139,7 +139,7 @@ def test_every_family_registers_its_variants():
         assert {n for n in ZOO if get_spec(n).family == family} == names
     for name in ZOO:
         spec = get_spec(name)
-        assert spec.default_size == 32 and spec.framework == "keras"
+        assert spec.default_size == 32 and spec.engines == ("keras",)
         assert 1 <= spec.min_size <= 32 and "arXiv:" in spec.paper
 
 

@@ -127,7 +127,7 @@ def _build(name: str, args):
     size = args.image_size or spec.default_size
     overrides = {}
     if args.stem != "auto":
-        if spec.family in ("classic", "bayesian") or spec.framework != "keras":
+        if spec.family in ("classic", "bayesian") or spec.engines != ("keras",):
             raise UserError(f"--stem applies to the zoo families; '{name}' "
                             f"({spec.family}) has no stem option")
         overrides["stem"] = args.stem

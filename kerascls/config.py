@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import sys
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kerascls.distribute import DEVICES, LR_SCALING, MIXED_PRECISION, STRATEGIES
+from kerascls.choices import BNN_IMPLS, DEVICES, LR_SCALING, MIXED_PRECISION, STRATEGIES
+from kerascls.cli import Parser, metavar_for
 from kerascls.errors import UserError
 
 
@@ -68,6 +68,10 @@ class ModelConfig:
                                 "architectures' own 0.99/0.999 suit long ImageNet schedules); 0 "
                                 "keeps each architecture's own")
     prior_scale: float = _field(1.0, "Bayesian models: sigma of the N(0, sigma^2) weight prior")
+    bnn_impl: str = _field("auto", "Bayesian models: tfp (TensorFlow Probability's Flipout "
+                           "layers, tensorflow backend) or keras (kerascls' Keras 3 Flipout "
+                           "layers, any backend); auto picks tfp on tensorflow, keras elsewhere",
+                           BNN_IMPLS)
     bnn_trunk: str = _field("flipout", "bnn_cnn: Flipout or deterministic convolutions under "
                             "the Flipout head", ("flipout", "deterministic"))
     args: dict = _field({}, "builder arguments of the model, e.g. depth: 32 (YAML model.args; "
@@ -96,7 +100,8 @@ class TrainConfig:
     seed: int = _field(42, "random seed for data splits, initialization and shuffling")
     output_dir: str = _field("runs", "parent directory of run directories")
     run_name: str = _field("", "run directory name; default <model>-<dataset>")
-    verbose: int = _field(1, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch")
+    verbose: int = _field(1, "Keras progress output: 0 silent, 1 bar (one line per epoch when "
+                          "the output is not a terminal), 2 one line per epoch", (0, 1, 2))
     strategy: str = _field("none", "distribution: none (one device); mirrored, multiworker "
                            "(tensorflow backend, multiworker reads TF_CONFIG); data-parallel "
                            "(jax backend)", STRATEGIES)
@@ -120,7 +125,8 @@ class EvalConfig:
 @dataclasses.dataclass
 class ExportConfig:
     formats: str = _field("saved_model,tflite-float32,tflite-int8",
-                          "comma-separated export formats; empty to skip")
+                          "comma-separated export formats from saved_model, tflite-float32, "
+                          "tflite-dynamic, tflite-float16, tflite-int8; empty to skip")
     models_dir: str = _field("", "base directory for SavedModel versions; default RUN_DIR/models")
     representative_size: int = _field(300, "int8: class-stratified representative images")
     ensemble_members: int = _field(10, "Bayesian runs: posterior samples in each TFLite "
@@ -231,31 +237,17 @@ def apply_mapping(cfg: Config, data: dict[str, Any], source: str) -> None:
             setattr(section, key, parse_value(types[key], raw, f"{sec_name}.{key}"))
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and did-you-mean for unknown flags."""
-
-    def error(self, message: str):  # noqa: D401
-        if message.startswith("unrecognized arguments:"):
-            bad = message.split(":", 1)[1].split()
-            flags = [o for a in self._actions for o in a.option_strings]
-            hints = []
-            for b in bad:
-                close = difflib.get_close_matches(b.split("=")[0], flags, n=1)
-                hints.append(f"{b} (did you mean {close[0]}?)" if close else b)
-            message = "unknown flag: " + ", ".join(hints)
-        print(f"error: {self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def make_parser(prog: str, description: str, sections=("data", "model", "train", "eval",
                                                           "export")) -> argparse.ArgumentParser:
     """A parser with ``--config`` and one flag group per config section."""
-    parser = _Parser(prog=prog, description=description, allow_abbrev=False)
-    parser.add_argument("--config", help="YAML file with sections " + ", ".join(sections))
+    parser = Parser(prog=prog, description=description)
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML file with sections " + ", ".join(sections))
     defaults = Config()
     for sec_name in sections:
         section = getattr(defaults, sec_name)
         group = parser.add_argument_group(sec_name)
+        types = _field_types(section)
         for f in dataclasses.fields(section):
             if f.name in MAPPING_FLAGS:
                 group.add_argument(MAPPING_FLAGS[f.name], dest=f"{sec_name}.{f.name}",
@@ -265,10 +257,15 @@ def make_parser(prog: str, description: str, sections=("data", "model", "train",
             flag = "--" + f.name.replace("_", "-")
             helptext = f.metadata.get("help", "")
             helptext += f" (default: {getattr(section, f.name)!r})"
-            group.add_argument(flag, dest=f"{sec_name}.{f.name}", default=None, metavar="V"
-                               if f.type not in (bool, "bool") else None, help=helptext,
-                               **({"nargs": "?", "const": "true"} if f.type in (bool, "bool")
-                                  else {}))
+            choices = f.metadata.get("choices")
+            if types[f.name] is bool:
+                kw = {"nargs": "?", "const": "true", "metavar": "BOOL"}
+            elif choices:
+                kw = {"metavar": "{" + ",".join(map(str, choices)) + "}"}
+            else:
+                kw = {"metavar": metavar_for(f.name, types[f.name])}
+            group.add_argument(flag, dest=f"{sec_name}.{f.name}", default=None, help=helptext,
+                               **kw)
     return parser
 
 

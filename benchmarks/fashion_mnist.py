@@ -303,6 +303,17 @@ def final_train_accuracy(row: dict) -> float | None:
         return None
 
 
+def trained_at(row: dict) -> str | None:
+    """When the run's last epoch ended (history.csv's time): a row measured from a run trained
+    earlier (``--resume`` reuses finished runs) carries the measurement's date, not this one."""
+    path = Path(row.get("run_dir", "")) / "history.csv"
+    try:
+        stamp = path.stat().st_mtime
+    except OSError:
+        return None
+    return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%H:%M UTC")
+
+
 def budget_note(name: str) -> str:
     """Training minutes the recipe needs here, from the zoo's training throughput at 32x32."""
     recipe = RECIPES[name]
@@ -368,6 +379,9 @@ def render(rows: dict, ood: dict, order: list[str]) -> str:
                  f"{r['epochs']} epochs on {r['num_train']:,} images"
                  + (f" (last-epoch training accuracy {_pct(train_acc)}%)" if train_acc else ""),
                  f"temperature {r['temperature']:.3f}"]
+        finished = trained_at(r)
+        if finished:
+            notes.insert(1, f"its training ended {finished}")
         if "tflite_error" in r:
             notes.append(f"TFLite export failed: {r['tflite_error']}")
         elif r.get("tflite_int8_accuracy") is not None and r.get("tflite_float32_accuracy"):

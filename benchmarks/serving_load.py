@@ -1,22 +1,30 @@
 """Load test of the local TF-Serving-compatible server, REST and gRPC, next to in-process predict.
 
-Starts ``python -m kerascls.serving.server`` in a subprocess (so the clients here do not share its
-interpreter), then sends a fixed number of predict requests (PNG test images of the run as
-``image_bytes``) at each concurrency over REST and gRPC, and prints requests/s, images/s, p50 and
-p99 latency and the error count (which must be 0). For comparison it times the run's Keras model
-in this process on the same decoded pixels: ``model.predict`` in batches of 32 and of one image,
-and ``predict_on_batch`` one image at a time.
+Starts ``python -m kerascls.serving.server`` in a subprocess (so the load generator does not share
+its interpreter), then sends a fixed number of predict requests (PNG test images of the run as
+``image_bytes``, the body the kerascls client sends) at each concurrency over REST and gRPC, and
+prints requests/s, images/s, p50 and p99 latency and the error count (which must be 0). The load
+generator is one asyncio loop (aiohttp for REST, ``grpc.aio`` for gRPC) with one connection per
+concurrent client, so it spends little of the machine it measures. For comparison it times, in
+this process, the exported SavedModel's ``serving_default`` on the same PNGs (batches of 32 and
+of one) and the run's Keras model on the decoded pixels (``model.predict`` in batches of 32,
+``predict_on_batch`` one image at a time). It also starts the kerascls client in fresh
+interpreters (one REST and one gRPC predict each) and reports wall time and peak RSS.
 
     python benchmarks/serving_load.py                      # trains a small sentiment run first
     python benchmarks/serving_load.py --run runs/lenet-digits --requests 2000 --batching
     python benchmarks/serving_load.py --concurrency 1,8,32 --images-per-request 4 --json out.json
 
-Exits with status 1 if any request failed.
+The header line records the date, the CPU count and the load average before the run: figures
+from a busy machine are labelled as such. Exits with status 1 if any request failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import datetime
 import json
 import os
 import shutil
@@ -25,7 +33,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -69,7 +76,7 @@ def train_small_run(root: Path) -> Path:
     return Path(train(resolve(args)))
 
 
-def start_server(base_path: Path, grpc_port: int, rest_port: int, batching: bool):
+def start_server(base_path: Path, grpc_port: int, rest_port: int, batching: bool, threads: int = 0):
     cmd = [
         sys.executable,
         "-m",
@@ -81,6 +88,8 @@ def start_server(base_path: Path, grpc_port: int, rest_port: int, batching: bool
     ]
     if batching:
         cmd += ["--enable_batching", f"--batching_parameters_file={BATCHING_CONFIG}"]
+    if threads:
+        cmd += [f"--rest_api_num_threads={threads}", f"--grpc_max_threads={threads}"]
     log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -102,59 +111,151 @@ def wait_until_up(proc, log, client, timeout: float = 180.0) -> None:
     raise SystemExit("the server did not come up in time")
 
 
-def load(
-    protocol: str, port: int, concurrency: int, requests: int, batch: list[bytes], warmup: int = 5
-) -> dict:
-    """``requests`` predict calls split over ``concurrency`` threads, one client each."""
-    from kerascls.serving.client import ServingClient
-
-    clients = [
-        ServingClient("bench", port=port, protocol=protocol, timeout=60) for _ in range(concurrency)
-    ]
-    for c in clients:  # open connections / channels before timing
-        for _ in range(warmup):
-            c.predict(batch)
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    counter = iter(range(requests))
-
-    def work(client):
-        mine, bad = [], []
-        while True:
-            with lock:
-                if next(counter, None) is None:
-                    break
-            t0 = time.perf_counter()
-            try:
-                client.predict(batch)
-            except Exception as exc:  # noqa: BLE001 - counted and reported
-                bad.append(str(exc))
-            mine.append(time.perf_counter() - t0)
-        with lock:
-            latencies.extend(mine)
-            errors.extend(bad)
-
-    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    for c in clients:
-        c.close()
+def _summary(protocol, concurrency, requests, images, wall, latencies, errors) -> dict:
     lat = np.array(latencies) * 1000.0
     return {
         "protocol": protocol,
         "concurrency": concurrency,
         "requests": requests,
         "requests_per_s": requests / wall,
-        "images_per_s": requests * len(batch) / wall,
+        "images_per_s": requests * images / wall,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
         "errors": len(errors),
         "first_error": errors[0] if errors else "",
+    }
+
+
+async def _drive(concurrency: int, requests: int, send, warmup: int = 5):
+    """``send(i)`` ``requests`` times from ``concurrency`` tasks: ``(wall, latencies, errors)``."""
+    for _ in range(warmup):
+        await asyncio.gather(*(send(i) for i in range(concurrency)))
+    latencies: list[float] = []
+    errors: list[str] = []
+    remaining = iter(range(requests))
+
+    async def worker(i):
+        while next(remaining, None) is not None:
+            t0 = time.perf_counter()
+            try:
+                await send(i)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return time.perf_counter() - t0, latencies, errors
+
+
+async def _rest(port: int, concurrency: int, requests: int, batch: list[bytes]) -> dict:
+    import aiohttp
+
+    body = json.dumps(
+        {"instances": [{"b64": base64.b64encode(b).decode("ascii")} for b in batch]}
+    ).encode()
+    url = f"http://127.0.0.1:{port}/v1/models/bench:predict"
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    headers = {"Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def send(_):
+            async with session.post(url, data=body, headers=headers) as response:
+                payload = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+
+        wall, latencies, errors = await _drive(concurrency, requests, send)
+    return _summary("rest", concurrency, requests, len(batch), wall, latencies, errors)
+
+
+async def _grpc(port: int, concurrency: int, requests: int, batch: list[bytes]) -> dict:
+    import grpc
+
+    from kerascls.serving import protos
+    from kerascls.serving.tensors import from_numpy
+
+    request = protos.PredictRequest()
+    request.model_spec.name = "bench"
+    blobs = np.empty(len(batch), dtype=object)
+    blobs[:] = batch
+    request.inputs["image_bytes"].CopyFrom(from_numpy(blobs, protos.TensorProto))
+    path, request_class, response_class = protos.METHODS["Predict"]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(concurrency)]
+    calls = [
+        ch.unary_unary(
+            path,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        for ch in channels
+    ]
+
+    async def send(i):
+        await calls[i](request, timeout=60)
+
+    try:
+        wall, latencies, errors = await _drive(concurrency, requests, send)
+    finally:
+        for ch in channels:
+            await ch.close()
+    return _summary("grpc", concurrency, requests, len(batch), wall, latencies, errors)
+
+
+def load(protocol: str, port: int, concurrency: int, requests: int, batch: list[bytes]) -> dict:
+    """``requests`` predict calls from ``concurrency`` concurrent clients."""
+    run = _rest if protocol == "rest" else _grpc
+    return asyncio.run(run(port, concurrency, requests, batch))
+
+
+def client_start(protocol: str, port: int, image: Path) -> dict:
+    """Wall time and peak RSS of a fresh interpreter that imports the client and predicts once."""
+    code = (
+        "import resource, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "from kerascls.serving.client import ServingClient\n"
+        f"c = ServingClient('bench', port={port}, protocol={protocol!r})\n"
+        f"c.predict([{str(image)!r}])\n"
+        "print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
+        "      any(m.split('.')[0] == 'tensorflow' for m in sys.modules))\n"
+    )
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.split()
+    return {
+        "protocol": protocol,
+        "process_s": time.perf_counter() - t0,
+        "import_and_predict_s": float(out[0]),
+        "peak_rss_mb": int(out[1]) / 1024.0,
+        "imports_tensorflow": out[2] == "True",
+    }
+
+
+def saved_model_in_process(version_dir: Path, images: list[bytes], repeats: int = 3) -> dict:
+    """The SavedModel's ``serving_default`` on PNG bytes in this process: images/s at 32 and 1."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    many = (images * max(1, -(-1024 // len(images))))[:1024]
+    batches = [tf.constant(many[i : i + 32]) for i in range(0, len(many), 32)]
+    fn(image_bytes=batches[0])
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            fn(image_bytes=b)
+        best = min(best, time.perf_counter() - t0)
+    singles = [tf.constant(many[i : i + 1]) for i in range(200)]
+    fn(image_bytes=singles[0])
+    t0 = time.perf_counter()
+    for b in singles:
+        fn(image_bytes=b)
+    one = time.perf_counter() - t0
+    return {
+        "saved_model_batch32_images_per_s": len(many) / best,
+        "saved_model_batch1_images_per_s": len(singles) / one,
     }
 
 
@@ -201,6 +302,13 @@ def main(argv=None) -> int:
         action="store_true",
         help=f"start the server with --enable_batching ({BATCHING_CONFIG.name})",
     )
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=64,
+        help="--rest_api_num_threads and --grpc_max_threads of the server (default 64: enough "
+        "requests in flight for batching to fill batches at concurrency 32)",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -232,11 +340,15 @@ def _measure(args, work: Path) -> int:
     )
     batch = images[: max(1, args.images_per_request)]
 
+    load_before = os.getloadavg()
+    started_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     grpc_port, rest_port = free_port(), free_port()
-    proc, log = start_server(base, grpc_port, rest_port, args.batching)
-    results = []
+    proc, log = start_server(base, grpc_port, rest_port, args.batching, args.server_threads)
+    results, starts = [], []
     try:
         wait_until_up(proc, log, ServingClient("bench", port=rest_port, timeout=5))
+        for protocol, port in (("rest", rest_port), ("grpc", grpc_port)):
+            starts.append(client_start(protocol, port, png_dir / "0.png"))
         for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
             port = rest_port if protocol == "rest" else grpc_port
             for c in [int(v) for v in args.concurrency.split(",")]:
@@ -254,11 +366,19 @@ def _measure(args, work: Path) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     local = in_process(run, pixels)
+    local.update(saved_model_in_process(version, images))
+    load_after = os.getloadavg()
 
     print(
-        f"\nmodel {run.metadata['model_name']} {run.metadata['input_shape']}, "
+        f"\n{started_at}, {os.cpu_count()} CPUs, load average before "
+        f"{load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f} (1/5/15 min), "
+        f"after {load_after[0]:.1f}"
+    )
+    print(
+        f"model {run.metadata['model_name']} {run.metadata['input_shape']}, "
         f"{len(batch)} PNG image(s) per request, {args.requests} requests per row, "
-        f"batching {'on' if args.batching else 'off'}, {os.cpu_count()} CPUs"
+        f"batching {'on' if args.batching else 'off'}, server threads {args.server_threads}, "
+        "load generator in this process (asyncio)"
     )
     print(
         f"{'protocol':<9}{'conc':>5}{'req/s':>10}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
@@ -269,6 +389,11 @@ def _measure(args, work: Path) -> int:
             f"{r['protocol']:<9}{r['concurrency']:>5}{r['requests_per_s']:>10.1f}"
             f"{r['images_per_s']:>10.1f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
         )
+    print(
+        "in-process SavedModel serving_default on PNGs, batch 32: "
+        f"{local['saved_model_batch32_images_per_s']:.0f} images/s; batch 1: "
+        f"{local['saved_model_batch1_images_per_s']:.0f} images/s"
+    )
     print(
         "in-process Keras model.predict, batch 32: "
         f"{local['predict_batch32_images_per_s']:.0f} images/s"
@@ -281,10 +406,26 @@ def _measure(args, work: Path) -> int:
         "in-process Keras predict_on_batch, batch 1: "
         f"{local['predict_on_batch1_images_per_s']:.0f} images/s"
     )
+    for st in starts:
+        print(
+            f"client start, {st['protocol']}: import + 1 predict {st['import_and_predict_s']:.2f} s"
+            f" (process {st['process_s']:.2f} s), peak RSS {st['peak_rss_mb']:.0f} MB, "
+            f"imports TensorFlow: {'yes' if st['imports_tensorflow'] else 'no'}"
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
-                {"results": results, "in_process": local, "batching": args.batching}, indent=2
+                {
+                    "date": started_at,
+                    "cpus": os.cpu_count(),
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "results": results,
+                    "in_process": local,
+                    "client_start": starts,
+                    "batching": args.batching,
+                },
+                indent=2,
             )
             + "\n"
         )

@@ -459,7 +459,9 @@ class ModelManager:
         self, name: str, version: int, path: Path, fingerprint: tuple, attempts: int = 0
     ) -> None:
         with self._lock:
-            self._states[name][version] = VersionState("LOADING", fingerprint=fingerprint)
+            self._states[name][version] = VersionState(
+                "LOADING", fingerprint=fingerprint, attempts=attempts
+            )
         log.info("loading %s version %d from %s", name, version, path)
         started = time.perf_counter()
         try:
@@ -642,6 +644,12 @@ class ModelManager:
             sig_map.signature_def[key].CopyFrom(sdef)
         response.metadata["signature_def"].Pack(sig_map)
         return response
+
+    def failed_loads(self, name: str, version: int) -> int:
+        """How many times in a row loading this version has failed (0 once it is AVAILABLE)."""
+        with self._lock:
+            state = self._states.get(name, {}).get(version)
+            return 0 if state is None or state.state == "AVAILABLE" else state.attempts
 
     def snapshot(self) -> dict[str, dict[int, str]]:
         """``{model: {version: state}}`` for logs and the metrics page."""

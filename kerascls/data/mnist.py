@@ -62,7 +62,7 @@ def keras_cache_dir() -> Path:
     return Path(home) / "datasets" / "fashion-mnist"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def debian_dir(package: str = DEBIAN_PACKAGE) -> Path | None:
     """The folder holding ``train-images-idx3-ubyte.gz`` as ``dpkg -L package`` lists it, or None
     (no dpkg, or the package is not installed)."""

@@ -4,7 +4,7 @@ Keras fixes its backend when it is first imported (``KERAS_BACKEND``, else ``~/.
 else TensorFlow). An unknown name, or a backend whose package is missing, makes that import fail
 with a traceback from deep inside Keras; :func:`check_backend` turns both into one line that says
 what to do. Every ``python -m kerascls.X`` entry point calls it first (see
-:func:`kerascls.errors.cli_main`).
+:func:`kerascls.cli.cli_main`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
   CUDA probing), absl and ``tensorflow`` Python logging, and the known warnings of the
   libraries below kerascls are hidden unless the level is ``debug``
   (``--log-level debug`` or ``KERASCLS_LOG_LEVEL=debug``). It sets environment variables, so it
-  must run before TensorFlow is imported; :func:`kerascls.errors.cli_main` calls it first
+  must run before TensorFlow is imported; :func:`cli_main` calls it first
   thing, and the parser calls it again with the ``--log-level`` it parsed.
 * :func:`progress_verbose` picks Keras' one-line-per-epoch output when stdout is not a
   terminal, so piped output holds no ANSI codes, carriage returns or backspaces.
@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import atexit
 import difflib
+import functools
 import logging
 import os
 import re
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 
 from kerascls.errors import UserError
 
@@ -239,7 +241,7 @@ class Parser(argparse.ArgumentParser):
     """``argparse`` with one-line errors, did-you-mean hints and a ``--log-level`` flag.
 
     Errors print ``error: PROG: message`` on stderr and exit with status 2 (``SystemExit``;
-    :func:`kerascls.errors.cli_main` turns it into the entry point's return value). Parsing
+    :func:`cli_main` turns it into the entry point's return value). Parsing
     applies the log level (:func:`configure_logging`) before the caller imports anything
     heavy.
 
@@ -317,3 +319,55 @@ class Parser(argparse.ArgumentParser):
 
 class _SubcommandParser(Parser):
     """A subcommand's parser: its parent applies the log level once everything is parsed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry-point wrapper
+
+# entry points that never import Keras, so that KERAS_BACKEND does not concern them
+_KERAS_FREE = ("kerascls.serving",)
+
+
+def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
+    """Wrap an entry point: UserError and other failures become one line on stderr.
+
+    The log level (``$KERASCLS_LOG_LEVEL``, quiet by default) is applied before the entry point
+    runs, so TensorFlow starts quiet; the entry point's parser applies ``--log-level``. A
+    ``SystemExit`` from the parser (``--help``, a usage error) becomes the return value. Set
+    ``KERASCLS_DEBUG=1`` to see the full traceback of an unexpected error.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> int:
+        prog = (fn.__module__ or "kerascls").replace("__main__", "kerascls")
+        try:
+            configure_logging()
+            spec = getattr(fn, "__globals__", {}).get("__spec__")
+            if not (getattr(spec, "name", None) or prog).startswith(_KERAS_FREE):
+                from kerascls.backend import check_backend
+
+                check_backend()  # before Keras is imported: one line for a bad KERAS_BACKEND
+            return int(fn(*args, **kwargs) or 0)
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                return int(exc.code or 0)
+            print(f"error: {exc.code}", file=sys.stderr)
+            return 1
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+            if os.environ.get("KERASCLS_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(
+                f"error: {prog} failed: {type(exc).__name__}: {first} "
+                "(set KERASCLS_DEBUG=1 for the traceback)",
+                file=sys.stderr,
+            )
+            return 1
+
+    return wrapper

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascls.errors import UserError, cli_main, did_you_mean
+from kerascls.cli import cli_main
+from kerascls.errors import UserError, did_you_mean
 from kerascls.fileio import atomic_write_json, atomic_write_text, read_json
 
 TFLITE_VARIANTS = ("float32", "int8")

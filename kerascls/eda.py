@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascls.errors import UserError, cli_main
+from kerascls.cli import cli_main
+from kerascls.errors import UserError
 from kerascls.fileio import atomic_write_json
 
 CHANNELS = ("red", "green", "blue")

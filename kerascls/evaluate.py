@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascls.errors import UserError, cli_main
+from kerascls.cli import cli_main
+from kerascls.errors import UserError
 from kerascls.fileio import atomic_write_json
 from kerascls.metrics import classification_metrics
 

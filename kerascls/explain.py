@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascls.errors import UserError, cli_main, did_you_mean
+from kerascls.cli import cli_main
+from kerascls.errors import UserError, did_you_mean
 from kerascls.fileio import atomic_path, atomic_write_json
 
 METHODS = ("saliency", "smoothgrad", "gradcam")

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from kerascls.cli import progress_verbose
+from kerascls.cli import cli_main, progress_verbose
 from kerascls.config import Config, make_parser, resolve
-from kerascls.errors import UserError, cli_main
+from kerascls.errors import UserError
 
 log = logging.getLogger("kerascls.train")
 

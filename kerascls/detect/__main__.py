@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from kerascls.errors import UserError, cli_main
+from kerascls.cli import cli_main
+from kerascls.errors import UserError
 
 
 def _anchors(argv) -> int:

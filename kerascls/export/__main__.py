@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from kerascls.errors import UserError, cli_main
+from kerascls.cli import cli_main
+from kerascls.errors import UserError
 from kerascls.export import FORMATS, export_run
 
 

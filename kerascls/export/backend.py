@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kerascls.errors import UserError, cli_main
+from kerascls.cli import cli_main
+from kerascls.errors import UserError
 
 EXPORT_BACKEND = "tensorflow"
 

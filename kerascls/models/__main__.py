@@ -26,8 +26,8 @@ import argparse
 import gc
 import sys
 
-from kerascls.cli import Parser
-from kerascls.errors import UserError, cli_main
+from kerascls.cli import Parser, cli_main
+from kerascls.errors import UserError
 
 COMMANDS = ("list", "summary", "params", "flops", "scale")
 

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascls.errors import UserError, cli_main
+from kerascls.cli import cli_main
+from kerascls.errors import UserError
 
 PROTOCOLS = ("rest", "grpc")
 DEFAULT_PORTS = {"rest": 8501, "grpc": 8500}

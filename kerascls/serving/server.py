@@ -44,7 +44,8 @@ import urllib.parse
 from concurrent import futures
 from pathlib import Path
 
-from kerascls.errors import UserError, cli_main
+from kerascls.cli import cli_main
+from kerascls.errors import UserError
 from kerascls.serving.configs import (
     BatchingConfig,
     MonitoringConfig,

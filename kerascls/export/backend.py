@@ -60,7 +60,8 @@ def export_in_tensorflow(run_dir: Path, names: list[str], **options) -> dict[str
         print(f"exporting on the {EXPORT_BACKEND} backend (model.keras is backend-neutral) ...",
               flush=True)
         proc = subprocess.run([sys.executable, "-m", "kerascls.export.backend", str(request)],
-                              stdout=None, stderr=subprocess.PIPE, text=True, env=env)
+                              stdout=None, stderr=subprocess.PIPE, text=True, env=env,
+                              check=False)
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
         if proc.returncode == 2 and errors:
             raise UserError(errors[-1][len("error: "):])

@@ -140,10 +140,12 @@ def configure_logging(level: str | None = None) -> str:
 
     ``debug`` shows everything: TensorFlow's C++ logs (``TF_CPP_MIN_LOG_LEVEL=0``), the
     libraries' Python warnings and log records, and kerascls's debug messages. The other
-    levels set kerascls's own level and hide the libraries' start-up noise; an environment
-    variable the user set (``TF_CPP_MIN_LOG_LEVEL`` ...) is kept. Calling it again with another
+    levels hide the libraries' start-up noise and, when asked for (flag or environment), set
+    the level of kerascls's own loggers; an environment variable the user set
+    (``TF_CPP_MIN_LOG_LEVEL`` ...) is kept. Calling it again with another
     level undoes the previous call, as long as TensorFlow has not started yet.
     """
+    explicit = bool(level or os.environ.get(LOG_LEVEL_ENV, "").strip())
     level = (level or log_level_from_env()).lower()
     if level not in LOG_LEVELS:
         raise UserError(f"--log-level must be one of {', '.join(LOG_LEVELS)}. "
@@ -165,12 +167,8 @@ def configure_logging(level: str | None = None) -> str:
     elif not debug and not _state["filtered"]:
         warnings.filterwarnings(**_WARNING_FILTER)
         _state["filtered"] = True
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
-        root.addHandler(handler)
-    logging.getLogger("kerascls").setLevel(level.upper())
+    if explicit:  # otherwise each entry point keeps its own (the server logs at INFO)
+        logging.getLogger("kerascls").setLevel(level.upper())
     for name in QUIET_MODULES:
         logging.getLogger(name).setLevel(logging.INFO if debug else logging.ERROR)
     native = _state["native_filter"]

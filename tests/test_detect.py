@@ -50,19 +50,37 @@ TRAIN_STEP = textwrap.dedent("""
 """) % (ANCHORS,)
 
 
-@pytest.fixture(scope="module")
-def backend_steps():
-    """jax and torch train steps, started with the module so they run beside the other tests."""
+@pytest.fixture(scope="module", autouse=True)
+def train_steps(request, tmp_path_factory):
+    """One train step per backend, each in a subprocess started with the module so they run
+    beside the other tests: TensorFlow always, JAX and PyTorch when ``backends`` tests are
+    selected."""
+    backends = ["tensorflow"]
+    if any(item.get_closest_marker("backends") for item in request.session.items):
+        backends += ["jax", "torch"]
+    logs = tmp_path_factory.mktemp("train_steps")
     procs = {}
-    for backend in ("jax", "torch"):
+    for backend in backends:
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        procs[backend] = subprocess.Popen([sys.executable, "-c", TRAIN_STEP], cwd=REPO, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True)
+        if backend == "jax":  # one step compiles once; XLA's expensive passes would only slow it
+            env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_"
+                                "level=0 --xla_llvm_disable_expensive_passes=true").strip()
+        log = open(logs / f"{backend}.log", "w+")  # noqa: SIM115 - closed below
+        procs[backend] = (subprocess.Popen([sys.executable, "-c", TRAIN_STEP], cwd=REPO, env=env,
+                                           stdout=log, stderr=subprocess.STDOUT, text=True), log)
     yield procs
-    for p in procs.values():
-        if p.poll() is None:
-            p.kill()
+    for proc, log in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _train_step_result(procs, backend) -> tuple[int, str]:
+    proc, log = procs[backend]
+    proc.wait(timeout=900)
+    log.seek(0)
+    return proc.returncode, log.read()
 
 
 # ------------------------------------------------------------------------------------- data
@@ -310,20 +328,16 @@ def test_anchors_cli(capsys):
 # --------------------------------------------------------------------------------- backends
 
 
-def test_one_train_step_on_tensorflow():
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", TRAIN_STEP], cwd=REPO, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900,
-                          check=False)
-    assert proc.returncode == 0 and "OK tensorflow" in proc.stdout, proc.stdout[-2000:]
+def test_one_train_step_on_tensorflow(train_steps):
+    code, out = _train_step_result(train_steps, "tensorflow")
+    assert code == 0 and "OK tensorflow" in out, out[-2000:]
 
 
 @pytest.mark.backends
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_one_train_step_on_other_backends(backend_steps, backend):
-    out, _ = backend_steps[backend].communicate(timeout=900)
-    assert backend_steps[backend].returncode == 0, out[-2000:]
-    assert f"OK {backend}" in out
+def test_one_train_step_on_other_backends(train_steps, backend):
+    code, out = _train_step_result(train_steps, backend)
+    assert code == 0 and f"OK {backend}" in out, out[-2000:]
 
 
 @pytest.mark.slow
@@ -352,7 +366,8 @@ def test_yolov3_trains_one_step_at_64px():
 def detect_exports(detect_run):
     from kerascls.detect.export import export_detect_saved_model, export_detect_tflite
 
-    return export_detect_saved_model(detect_run), export_detect_tflite(detect_run)
+    return (export_detect_saved_model(detect_run), export_detect_tflite(detect_run),
+            export_detect_tflite(detect_run, "int8"))
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -429,3 +444,16 @@ def test_tflite_float32_detects_like_the_keras_model(detect_run, detect_exports)
                                           detect_batch(model, images)):
         assert len(b1) == len(b2) and list(c1) == list(c2)
         np.testing.assert_allclose(b1, b2, atol=1e-4)
+
+
+def test_export_report_scores_every_artifact(detect_run, detect_exports):
+    from kerascls.detect.export import export_report
+
+    names = ("saved_model", "tflite-float32", "tflite-int8")
+    report = export_report(detect_run, dict(zip(names, detect_exports)))
+    arts = report["artifacts"]
+    assert sorted(arts) == sorted(("keras", *names)) and report["num_images"] == 4
+    assert arts["tflite-float32"]["map50"] == pytest.approx(arts["keras"]["map50"], abs=1e-6)
+    assert all(0 <= a["map50"] <= 1 and a["map"] <= a["map50"] for a in arts.values())
+    assert arts["tflite-int8"]["bytes"] < 0.5 * arts["tflite-float32"]["bytes"]
+    assert json.loads((detect_run / "export_report.json").read_text()) == report

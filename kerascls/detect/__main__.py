@@ -5,7 +5,7 @@ Examples:
     python -m kerascls.detect RUN_DIR a.png b.jpg --output-dir out --score-threshold 0.3 --json
     python -m kerascls.detect anchors shapes --num 6 --image-size 96
     python -m kerascls.detect anchors yolo:data/my_set --num 9 --image-size 416
-    python -m kerascls.detect export RUN_DIR --formats saved_model,tflite-float32
+    python -m kerascls.detect export RUN_DIR --formats saved_model,tflite-float32,tflite-int8
 """
 
 from __future__ import annotations
@@ -45,7 +45,12 @@ def _anchors(argv) -> int:
 
 
 def _export(argv) -> int:
-    from kerascls.detect.export import FORMATS, export_detect_saved_model, export_detect_tflite
+    from kerascls.detect.export import (
+        FORMATS,
+        export_detect_saved_model,
+        export_detect_tflite,
+        export_report,
+    )
 
     p = argparse.ArgumentParser(prog="python -m kerascls.detect export",
                                 description="SavedModel (NMS in the graph) and TFLite exports.")
@@ -58,10 +63,16 @@ def _export(argv) -> int:
         if f not in FORMATS:
             raise UserError(f"--formats items must be among {', '.join(FORMATS)}. Received: {f}")
     run = Path(args.run_dir)
+    artifacts = {}
     if "saved_model" in formats:
-        print(f"saved_model: {export_detect_saved_model(run, args.models_dir or None)}")
-    if "tflite-float32" in formats:
-        print(f"tflite-float32: {export_detect_tflite(run)}")
+        artifacts["saved_model"] = export_detect_saved_model(run, args.models_dir or None)
+    for f in formats:
+        if f.startswith("tflite-"):
+            artifacts[f] = export_detect_tflite(run, f.removeprefix("tflite-"))
+    report = export_report(run, artifacts)
+    for name, entry in report["artifacts"].items():
+        where = f"  {entry['path']}" if "path" in entry else ""
+        print(f"{name:<15} mAP@0.5 {entry['map50']:.4f}  mAP@0.5:0.95 {entry['map']:.4f}{where}")
     return 0
 
 

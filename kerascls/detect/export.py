@@ -15,9 +15,10 @@ and returns the same. Decoding is that of :mod:`kerascls.detect.decode`; NMS is
 ``tf.image.combined_non_max_suppression`` per class, so TF Serving's REST ``:predict`` answers
 with detections.
 
-TFLite float32 (``RUN_DIR/tflite/<model_name>_float32.tflite``) holds the network with its raw
-head outputs; decoding and NMS run in :func:`run_tflite_detect`, because TFLite has no builtin
-for a class-aware combined NMS.
+TFLite float32 and int8 (``RUN_DIR/tflite/<model_name>_<variant>.tflite``) hold the network with
+its raw head outputs; decoding and NMS run in :func:`run_tflite_detect`, because TFLite has no
+builtin for a class-aware combined NMS. :func:`export_report` scores every artifact's mAP on the
+run's test split.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from kerascls.errors import UserError
 from kerascls.fileio import atomic_path, atomic_write_json, atomic_write_text
 
-FORMATS = ("saved_model", "tflite-float32")
+FORMATS = ("saved_model", "tflite-float32", "tflite-int8")
 MAX_DETECTIONS = 100
 
 
@@ -137,17 +138,35 @@ def export_detect_saved_model(run_dir: Path, models_dir: Path | None = None) -> 
     return version_dir
 
 
-def export_detect_tflite(run_dir: Path) -> Path:
-    """TFLite float32 of the network (raw heads out); NMS runs in :func:`run_tflite_detect`."""
-    import tensorflow as tf
+def _representative(run_dir: Path, meta: dict, count: int = 100) -> np.ndarray:
+    """Training images of the run (regenerated from its config) for int8 calibration."""
+    import yaml
 
-    run_dir = Path(run_dir)
-    model, meta = _load(run_dir)
-    size = int(meta["image_size"])
+    from kerascls.detect.data import load_detection
 
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    splits = load_detection(cfg["dataset"], int(meta["image_size"]), seed=cfg["seed"],
+                            num_examples=cfg["num_examples"], val_fraction=cfg["val_fraction"],
+                            test_fraction=cfg["test_fraction"])
+    return splits.train.images[:count]
+
+
+def export_detect_tflite(run_dir: Path, variant: str = "float32") -> Path:
+    """TFLite of the network (raw heads out); NMS runs in :func:`run_tflite_detect`.
+
+    ``int8`` quantizes weights and activations with the run's training images as the
+    representative set; input and outputs stay float32 (quantize and dequantize at the ends).
+    """
     import tempfile
 
     import keras
+    import tensorflow as tf
+
+    if variant not in ("float32", "int8"):
+        raise UserError(f"TFLite variant must be one of float32, int8. Received: {variant}")
+    run_dir = Path(run_dir)
+    model, meta = _load(run_dir)
+    size = int(meta["image_size"])
 
     def heads(pixels):
         out = model(pixels, training=False)
@@ -160,16 +179,72 @@ def export_detect_tflite(run_dir: Path) -> Path:
         tf.TensorSpec((None, size, size, 3), tf.float32, name="pixels")])
     with tempfile.TemporaryDirectory(prefix="kerascls-detect-tflite-") as tmp:
         archive.write_out(tmp, verbose=False)
-        content = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
-    out = run_dir / "tflite" / f"{meta['model_name']}_float32.tflite"
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if variant == "int8":
+            images = _representative(run_dir, meta)
+
+            def samples():
+                for image in images:
+                    yield [image[None].astype(np.float32)]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = samples
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        content = converter.convert()
+    out = run_dir / "tflite" / f"{meta['model_name']}_{variant}.tflite"
     with atomic_path(out) as tmp:
         tmp.write_bytes(content)
     from kerascls.detect.cfg import yolo_layers
 
     atomic_write_json(out.with_suffix(".json"), {
         **meta, "anchors_per_head": [h.anchors for h in yolo_layers(model)],
-        "outputs": [f"head{i}" for i in range(len(model.outputs))]})
+        "outputs": [f"head{i}" for i in range(len(model.outputs))], "variant": variant})
     return out
+
+
+def export_report(run_dir: Path, artifacts: dict[str, Path]) -> dict:
+    """mAP of the Keras model and of every artifact on the run's test split, into
+    ``RUN_DIR/export_report.json``."""
+    import tensorflow as tf
+    import yaml
+
+    from kerascls.detect.data import load_detection
+    from kerascls.detect.decode import detect_batch
+    from kerascls.detect.evaluate import coco_eval
+
+    run_dir = Path(run_dir)
+    model, meta = _load(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    test = load_detection(cfg["dataset"], int(meta["image_size"]), seed=cfg["seed"],
+                          num_examples=cfg["num_examples"], val_fraction=cfg["val_fraction"],
+                          test_fraction=cfg["test_fraction"]).test
+    thr, iou = float(cfg.get("score_threshold", 0.01)), float(meta.get("iou_threshold", 0.45))
+    results = {"keras": detect_batch(model, test.images, thr, iou)}
+    for name, path in artifacts.items():
+        if name == "saved_model":
+            sig = tf.saved_model.load(str(path)).signatures["predict_pixels"]
+            out = sig(pixels=tf.constant(test.images.astype(np.float32)))
+            n = out["num_detections"].numpy()
+            results[name] = [(out["boxes"][i, :n[i]].numpy(), out["scores"][i, :n[i]].numpy(),
+                              out["classes"][i, :n[i]].numpy()) for i in range(len(n))]
+        else:
+            results[name] = run_tflite_detect(path, test.images, thr, iou)
+    report = {"num_images": len(test), "artifacts": {}}
+    for name, dets in results.items():
+        ev = coco_eval(test.boxes, dets, meta["labels"], int(meta["image_size"]))
+        entry = {"map50": float(ev.stats[1]) if ev else 0.0, "map": float(ev.stats[0]) if ev
+                 else 0.0}
+        if name in artifacts:
+            entry["path"] = str(artifacts[name])
+            entry["bytes"] = sum(f.stat().st_size for f in Path(artifacts[name]).rglob("*")
+                                 if f.is_file()) if Path(artifacts[name]).is_dir() \
+                else Path(artifacts[name]).stat().st_size
+        report["artifacts"][name] = entry
+    report["note"] = ("the SavedModel keeps at most 100 detections with score >= "
+                      f"{meta.get('score_threshold', 0.25)} in the graph; the others score "
+                      f"every detection with score >= {thr}")
+    atomic_write_json(run_dir / "export_report.json", report)
+    return report
 
 
 def run_tflite_detect(path: Path, images: np.ndarray, score_threshold: float = 0.25,

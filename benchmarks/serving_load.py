@@ -210,14 +210,19 @@ def load(protocol: str, port: int, concurrency: int, requests: int, batch: list[
 
 
 def client_start(protocol: str, port: int, image: Path) -> dict:
-    """Wall time and peak RSS of a fresh interpreter that imports the client and predicts once."""
+    """Wall time and peak RSS of a fresh interpreter that imports the client and predicts once.
+
+    The peak is the child's own VmHWM (``ru_maxrss`` would report this process's, inherited
+    across ``exec``).
+    """
     code = (
-        "import resource, sys, time\n"
+        "import sys, time\n"
         "t0 = time.perf_counter()\n"
         "from kerascls.serving.client import ServingClient\n"
         f"c = ServingClient('bench', port={port}, protocol={protocol!r})\n"
         f"c.predict([{str(image)!r}])\n"
-        "print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
+        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"
+        "print(time.perf_counter() - t0, hwm.split()[1],\n"
         "      any(m.split('.')[0] == 'tensorflow' for m in sys.modules))\n"
     )
     t0 = time.perf_counter()

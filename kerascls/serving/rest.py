@@ -45,10 +45,13 @@ class _JsonErrorHandler(RequestHandler):
     """aiohttp's connection handler, answering protocol errors as JSON instead of text."""
 
     def handle_error(self, request, status: int = 500, exc=None, message=None):
-        text = f"{status}: {exc or message or 'bad request'}".splitlines()[0]
-        log.info("REST %s: malformed HTTP request: %s", request.remote, text)
         if request.writer is not None and request.writer.output_size > 0:
             raise ConnectionError("the response was already started")
+        if status >= 500:
+            log.error("REST %s: internal error", request.remote, exc_info=exc)
+            return _json_response(500, f"Internal error: {type(exc).__name__}", close=True)
+        text = f"{exc or message or 'bad request'}".splitlines()[0]
+        log.info("REST %s: malformed HTTP request (%d): %s", request.remote, status, text)
         return _json_response(status, f"Malformed request: {text}", close=True)
 
 
@@ -113,7 +116,10 @@ class RestFrontEnd:
             try:
                 loop.run_forever()
             finally:
-                loop.run_until_complete(self._runner.cleanup())
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.close()
 
         self._thread = threading.Thread(target=serve, name="rest-loop", daemon=True)
@@ -139,7 +145,7 @@ class RestFrontEnd:
             keepalive_timeout=75,
             access_log=None,
         )
-        self._runner = web.ServerRunner(server, handle_signals=False)
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, self.host, self.requested_port, backlog=1024, reuse_address=True
@@ -148,7 +154,13 @@ class RestFrontEnd:
         self.port = self._runner.addresses[0][1]
 
     def stop(self) -> None:
+        """Close the port and every connection (in-flight requests get 2 s), then the loop."""
         if self._loop is not None and self._thread is not None:
+            closing = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+            try:
+                closing.result(timeout=10)
+            except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
+                log.warning("REST shutdown: %s", exc)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
         self._loop = self._thread = None

@@ -156,6 +156,7 @@ def calibrate_run(run, splits, batch_size: int = 256) -> dict:
     atomic_write_json(run.path / METADATA_FILE, meta)
     run.metadata["temperature"] = t
     run.metadata["calibration"] = summary
+    run.predictor.temperature = t  # loaded before the fit: later predictions use the new one
     return summary
 
 

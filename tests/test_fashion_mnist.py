@@ -277,6 +277,15 @@ def test_real_fashion_mnist_trains_and_detects_digits(real_fashion_dir, tmp_path
     assert meta["num_train_examples"] == 3000 and meta["labels"][9] == "Ankle boot"
     assert meta["metrics"]["num_examples"] == 10000
     assert meta["metrics"]["accuracy"] > 0.65, meta["metrics"]["accuracy"]
+    # the recorded test figures are those of the calibrated model, as a fresh load predicts
+    from kerascls import uncertainty as U
+    from kerascls.runs import load_run
+
+    run = load_run(run_dir)
+    splits = run.dataset()
+    assert abs(run.temperature - 1.0) > 1e-6
+    fresh = run.predict_proba(splits.x_test)
+    assert meta["metrics"]["nll"] == pytest.approx(U.nll(splits.y_test, fresh), abs=1e-4)
 
     code = evaluate([str(run_dir), "--ood", "mnist_sample", "--mc-dropout", "--mc-samples", "4",
                      "--out", str(tmp_path / "eval")])

@@ -9,6 +9,7 @@ Usage:
     python benchmarks/zoo.py                       # every model, writes docs/zoo.md and docs/zoo.json
     python benchmarks/zoo.py --models 'resnet*' --output /tmp/zoo.md --steps 5
     python benchmarks/zoo.py --resume              # keep the rows docs/zoo.json already holds
+    python benchmarks/zoo.py --resume --models 'mobilenet_v4*'   # measure new models, keep the rest
 
 It takes a while (the largest models compile for a minute each); run it in the background. The
 table and its JSON are rewritten (atomically) after every model, marked partial until the last
@@ -127,6 +128,13 @@ def render(rows: list[dict], meta: dict, total: int | None = None) -> str:
          "| train img/s 32x32 |"),
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    later = [r for r in rows if r.get("date", meta["date"]) != meta["date"]]
+    at = next(i for i, line in enumerate(lines) if line.startswith("- Measured")) + 1
+    for date in sorted({r["date"] for r in later}, reverse=True):
+        same = [r for r in later if r["date"] == date]
+        lines.insert(at, f"- Measured {date} (1-minute load average up to "
+                     f"{max(r['load_max'] for r in same):.1f}): "
+                     f"{', '.join(r['model'] for r in same)}.")
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['family']} | {_fmt_int(r['params_224'])} | "
@@ -171,11 +179,13 @@ def main(argv=None) -> int:
             done = {r["model"]: r for r in previous["rows"]}
             # the kept rows were measured then: keep when, where and under what load
             meta.update({k: previous["meta"][k] for k in ("date", "load_start", "batch_size")})
-            meta["load_max"] = max(meta["load_max"], previous["meta"]["load_max"])
+            meta["load_max"] = previous["meta"]["load_max"]
         except (ValueError, KeyError, TypeError) as exc:
             print(f"error: {json_path} is not a zoo table ({exc}); run without --resume",
                   file=sys.stderr)
             return 2
+        # rows of other models stay in the table (--models picks what to measure)
+        names = sorted(set(names) | {n for n in done if n in list_models("*")})
         if meta["batch_size"] != args.batch_size:
             print(f"error: {json_path} was measured at --batch-size {meta['batch_size']}, not "
                   f"{args.batch_size}; resume with the same batch size", file=sys.stderr)
@@ -183,7 +193,8 @@ def main(argv=None) -> int:
     rows = []
 
     def write() -> None:
-        meta["load_max"] = max(meta["load_max"], os.getloadavg()[0])
+        if meta["date"] == datetime.date.today().isoformat():  # kept rows keep their load
+            meta["load_max"] = max(meta["load_max"], os.getloadavg()[0])
         atomic_write_text(args.output, render(rows, meta, total=len(names)))
         atomic_write_json(json_path, {"meta": meta, "rows": rows})
 
@@ -196,7 +207,8 @@ def main(argv=None) -> int:
         ips = measure_training(name, args.batch_size, args.steps, args.min_seconds)
         row = {"model": name, "family": get_spec(name).family, "params_224": big["params"],
                "params_32": small["params"], "macs_32": small["macs"],
-               "macs_224": big["macs"], "train_ips_32": ips}
+               "macs_224": big["macs"], "train_ips_32": ips,
+               "date": datetime.date.today().isoformat(), "load_max": os.getloadavg()[0]}
         rows.append(row)
         tqdm.write(f"{name:20s} params {big['params']:>12,}  MACs@32 {_fmt_macs(small['macs']):>9}"
                    f"  MACs@224 {_fmt_macs(big['macs']):>9}  train@32 {ips:8.1f} img/s",

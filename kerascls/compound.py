@@ -61,7 +61,7 @@ def check_bases(alpha: float, beta: float, gamma: float) -> None:
 def round_resolution(size: float, base: int) -> int:
     """The scaled input size: a multiple of 8 from a 128-px base up, an even size below."""
     step = 8 if base >= 128 else 2
-    return max(step, int(round(size / step)) * step)
+    return max(step, round(size / step) * step)
 
 
 def coefficients(phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
@@ -147,7 +147,11 @@ def search_grid(target: float = TARGET, tolerance: float = 0.1) -> list[tuple[fl
         out.append((alpha, beta, gamma))
     if not out:  # pragma: no cover - the grids always hold (1, 1, sqrt(2))
         raise UserError("no candidate meets the constraint")
-    return out
+    # The paper's neighbourhood and the single-dimension extremes first, so that a search cut
+    # short still spans the space.
+    first = [(1.2, 1.1), (1.0, 1.0), (2.0, 1.0), (1.0, 1.2)]
+    return sorted(out, key=lambda c: (first.index(c[:2]) if c[:2] in first else len(first),
+                                      c))
 
 
 def grid_search(family: str, *, dataset: str = "digits", base: int = 32, epochs: int = 3,
@@ -173,11 +177,9 @@ def grid_search(family: str, *, dataset: str = "digits", base: int = 32, epochs:
         ``{"rows": [...], "best": row, ...}`` as written to the JSON file.
     """
     import keras
-    import numpy as np
 
     from kerascls.data import load_dataset
     from kerascls.data.pipeline import make_dataset
-    from kerascls.fileio import atomic_write_json, atomic_write_text
     from kerascls.shapes import count_macs
 
     if family not in BASE_MODEL:
@@ -194,8 +196,10 @@ def grid_search(family: str, *, dataset: str = "digits", base: int = 32, epochs:
     test_ds = make_dataset(splits.x_test, splits.y_test, nc, batch_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for alpha, beta, gamma in [(1.0, 1.0, 1.0), *candidates]:
+    rows: list[dict] = []
+    grid = [(1.0, 1.0, 1.0), *candidates]
+    result: dict = {}
+    for alpha, beta, gamma in grid:
         phi = 0.0 if (alpha, beta, gamma) == (1.0, 1.0, 1.0) else 1.0
         width, depth, resolution = coefficients(phi, alpha, beta, gamma, base)
         keras.utils.set_random_seed(seed)
@@ -224,13 +228,28 @@ def grid_search(family: str, *, dataset: str = "digits", base: int = 32, epochs:
             f"test {row['test_accuracy']:.3f} ({seconds:.0f} s)")
         del model
         _free()
-    searched = [r for r in rows if r["phi"] == 1.0]
+        result = _write_search(rows, len(grid), out_dir, family=family, dataset=dataset,
+                               base=base, base_width=base_width, base_depth=base_depth,
+                               epochs=epochs, batch_size=batch_size,
+                               learning_rate=learning_rate, bn_momentum=bn_momentum, seed=seed,
+                               num_train_examples=int(len(splits.x_train)))
+    return result
+
+
+def _write_search(rows, total, out_dir, *, family, dataset, base, base_width, base_depth,
+                  epochs, batch_size, learning_rate, bn_momentum, seed,
+                  num_train_examples) -> dict:
+    """Write the JSON, Markdown and PNG of the rows so far (after every candidate)."""
+    from kerascls.fileio import atomic_write_json, atomic_write_text
+
+    searched = [r for r in rows if r["phi"] == 1.0] or rows
     best = max(searched, key=lambda r: (r["val_accuracy"], -r["macs"]))
     result = {"family": family, "model": BASE_MODEL[family], "dataset": dataset,
               "base_resolution": base, "base_width": base_width, "base_depth": base_depth,
               "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
               "bn_momentum": bn_momentum,
-              "seed": seed, "num_train_examples": int(len(splits.x_train)),
+              "seed": seed, "num_train_examples": num_train_examples,
+              "candidates": total, "finished": len(rows),
               "target": TARGET, "rows": rows, "best": best,
               "selection": "highest validation accuracy among the phi = 1 candidates"}
     atomic_write_json(out_dir / "compound_search.json", result)
@@ -250,6 +269,9 @@ def search_markdown(result: dict) -> str:
              f"px) on {result['dataset']}, {result['epochs']} epochs each "
              f"({result['num_train_examples']} training images), alpha*beta^2*gamma^2 = "
              f"{result['target']:g}. Selected by {result['selection']}.",
+             *(["", f"**Partial: {result['finished']} of {result['candidates']} runs "
+                f"finished.**"] if result.get("finished", 0) < result.get("candidates", 0)
+               else []),
              "",
              "| phi | alpha | beta | gamma | product | input | params | MACs | val acc | "
              "test acc | train s |",

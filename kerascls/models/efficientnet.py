@@ -14,9 +14,9 @@ rounded to multiples of 8 (never losing more than 10%) and block repeats are rou
 use the coefficients released with the paper (:data:`COEFFICIENTS`, those of the reference
 implementation and ``keras.applications``). Only B2's width and depth are the formula exactly
 (phi = 1: 1.1 and 1.2); the others depart from it beyond rounding (B7's depth 3.1 means phi = 6.2, whose
-width would be 1.81, not 2.0). ``python -m kerascls.models scale efficientnet`` tabulates the
-formula's networks (:mod:`kerascls.compound`). With the released coefficients every variant at its native
-resolution with 1000 classes and ``normalize=None`` has exactly the parameters of
+width would be 1.81, not 2.0). ``python -m kerascls.models scale efficientnet`` tabulates
+the formula's networks (:mod:`kerascls.compound`). With the released coefficients every variant
+at its native resolution with 1000 classes and ``normalize=None`` has exactly the parameters of
 ``keras.applications.EfficientNetB0..B7(weights=None)``: 5,330,571; 7,856,239; 9,177,569;
 12,320,535; 19,466,823; 30,562,527; 43,265,143 and 66,658,687. Pass ``phi=`` to build a network
 scaled by the formula itself.

@@ -64,8 +64,10 @@ def test_folder_with_train_test_subfolders(tmp_path):
 
 @pytest.mark.parametrize("make, needle", [
     (lambda p: p / "nope", "dataset folder not found"),
-    (lambda p: [(p / "a").mkdir(), (p / "a" / "x.txt").write_text("hi")] and p,
+    (lambda p: [(p / c).mkdir() for c in "ab"] and (p / "a" / "x.txt").write_text("hi") and p,
      "no readable images"),
+    (lambda p: [(p / "a").mkdir(), (p / "a" / "x.png").write_bytes(b"")] and p,
+     "has one class sub-folder"),
     (lambda p: p, "no class sub-folders"),
 ])
 def test_folder_errors(tmp_path, make, needle):

@@ -102,8 +102,17 @@ def models(pattern: str = "*", task: str | None = "classify") -> list[ModelInfo]
 
 
 def info(name: str) -> ModelInfo:
-    """The info of model ``name``; an unknown name raises the registry's did-you-mean error."""
+    """The info of model ``name``; an unknown name raises the registry's did-you-mean error.
+
+    A model registered in this process outside the families (a user's own builder) is not in
+    the cache; it is looked up in the registry itself.
+    """
     found = {i.name: i for i in models("*", task=None)}
-    if name not in found:
-        raise UserError(did_you_mean("model", name, found))
-    return found[name]
+    if name in found:
+        return found[name]
+    from kerascls import registry
+
+    if name in registry.registered_names():
+        spec = registry.get_spec(name)
+        return ModelInfo(**{k: getattr(spec, k) for k in FIELDS if hasattr(spec, k)})
+    raise UserError(did_you_mean("model", name, found))

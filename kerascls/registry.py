@@ -102,6 +102,11 @@ def _load_families() -> None:
                 raise
 
 
+def registered_names() -> list[str]:
+    """Names registered so far in this process, without importing the model families."""
+    return sorted(_REGISTRY)
+
+
 def list_models(pattern: str = "*", task: str | None = "classify") -> list[str]:
     """Registered model names matching the shell-style ``pattern``, sorted.
 

@@ -92,7 +92,8 @@ def test_bad_input_is_one_line(argv, needle, capsys, tmp_path):
 
 
 def test_empty_folder_dataset_is_one_line(capsys, tmp_path):
-    (tmp_path / "data" / "a").mkdir(parents=True)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
     code = main(["--dataset", f"folder:{tmp_path / 'data'}", "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no readable images" in err

@@ -30,7 +30,9 @@ parameter counts. At 224x224 with 1000 classes the **trainable** parameters equa
 which torch keeps as buffers: 25,088; 67,904; 149,552; 75,840 and 164,400 more, the sum of
 timm's ``running_mean`` and ``running_var`` sizes. ``tests/test_mobilenet_v4.py`` checks both.
 Padding is TensorFlow's ``same`` (as the paper's TensorFlow implementation) where timm pads
-symmetrically; this changes no parameter count.
+symmetrically; this changes no parameter count. :func:`kerascls.shapes.count_macs` counts the
+convolutions and dense layers; the attention products of Mobile MQA (two matrix products per
+block, weight-free) are not in it.
 
 ``alpha`` multiplies the channels of the stem and every block (rounded to multiples of 8, never
 losing more than 10%); the 1280-unit head stays. With the CIFAR stem (inputs under 128 px) the

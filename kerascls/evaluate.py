@@ -221,9 +221,34 @@ def ood_report(run, dataset: str, probs_in: np.ndarray, mc_in: np.ndarray | None
     return report
 
 
+def variant_tag(run, *, dataset: str | None = None, tta: int = 0, mc_samples: int | None = None,
+                mc_dropout: bool = False) -> str:
+    """``""`` for the run's own evaluation, else a file-name tag such as ``"-tta5"``.
+
+    The run's ``metrics.json`` holds the evaluation the run was trained for (what ``compare``,
+    the manifest and the export report quote); an evaluation with test-time augmentation,
+    MC-dropout, another Monte Carlo sample count or another dataset is written beside it
+    (``metrics-tta5.json``, ``confusion_matrix-tta5.png``, ...), never over it. With ``--out``
+    the files keep their plain names in the folder asked for.
+    """
+    from kerascls.training.rundir import slug
+
+    parts = []
+    if dataset and dataset != run.metadata.get("dataset"):
+        parts.append(slug(dataset))
+    if tta > 1:
+        parts.append(f"tta{int(tta)}")
+    if mc_dropout:
+        parts.append("mc_dropout")
+    if mc_samples is not None and int(mc_samples) != int(run.config.eval.mc_samples):
+        parts.append(f"mc{int(mc_samples)}")
+    return "".join(f"-{p}" for p in parts)
+
+
 def calibration_report(run, x: np.ndarray, y: np.ndarray, probs: np.ndarray, out_dir: Path,
-                       *, calibrated_by_temperature: bool, batch_size: int = 256) -> dict:
-    """NLL, Brier, 15-bin ECE and ``reliability.png`` (plus the uncalibrated figures when a
+                       *, calibrated_by_temperature: bool, batch_size: int = 256,
+                       tag: str = "") -> dict:
+    """NLL, Brier, 15-bin ECE and ``reliability{tag}.png`` (plus the uncalibrated figures when a
     temperature was applied)."""
     from kerascls import plots
     from kerascls import uncertainty as U
@@ -234,7 +259,7 @@ def calibration_report(run, x: np.ndarray, y: np.ndarray, probs: np.ndarray, out
     if calibrated_by_temperature:
         raw = run.predict_proba(x, batch_size, calibrated=False)
         report["uncalibrated"] = U.calibration_metrics(y, raw)
-    plots.reliability_diagram(bins, out_dir / "reliability.png",
+    plots.reliability_diagram(bins, out_dir / f"reliability{tag}.png",
                               title=f"{run.name}: ECE {report['ece']:.4f} "
                                     f"({U.ECE_BINS} bins)")
     return report
@@ -277,9 +302,12 @@ def evaluate_run(run, *, splits=None, dataset: str | None = None, tta: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     # deterministic predictions carry the fitted temperature (TTA averages calibrated passes)
     temperature = run.temperature if not run.is_bayesian and mc is None else 1.0
+    # into the run directory, a variant evaluation goes beside the run's own metrics.json
+    tag = variant_tag(run, dataset=dataset, tta=tta, mc_samples=mc_samples,
+                      mc_dropout=mc_dropout) if out.resolve() == run.path.resolve() else ""
     metrics.update(calibration_report(
         run, x, y, probs, out, batch_size=batch_size,
-        calibrated_by_temperature=abs(temperature - 1.0) > 1e-9 and tta <= 1))
+        calibrated_by_temperature=abs(temperature - 1.0) > 1e-9 and tta <= 1, tag=tag))
     metrics["temperature"] = temperature
     metrics["prediction"] = ("monte_carlo" if run.is_bayesian else
                              "mc_dropout" if mc_dropout else "deterministic")
@@ -291,9 +319,11 @@ def evaluate_run(run, *, splits=None, dataset: str | None = None, tta: int = 0,
     metrics.update(measure_latency(run, x))
     metrics["dataset"] = dataset or run.metadata.get("dataset")
     metrics["tta"] = int(tta)
-    atomic_write_json(out / "metrics.json", metrics)
-    plots.confusion_matrix(metrics["confusion_matrix"], run.labels, out / "confusion_matrix.png")
-    plots.roc_curves(y, probs, run.labels, out / "roc.png")
+    metrics["file"] = f"metrics{tag}.json"
+    atomic_write_json(out / f"metrics{tag}.json", metrics)
+    plots.confusion_matrix(metrics["confusion_matrix"], run.labels,
+                           out / f"confusion_matrix{tag}.png")
+    plots.roc_curves(y, probs, run.labels, out / f"roc{tag}.png")
     return metrics
 
 

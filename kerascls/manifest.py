@@ -44,6 +44,7 @@ def build_manifest(*, spec, engine: str, cfg, splits, image_size: int, history: 
     manifest: dict[str, Any] = {
         "model_name": spec.name,
         "family": spec.family,
+        "status": "trained",
         "engine": engine,
         "dataset": d.dataset,
         "labels": splits.class_names,

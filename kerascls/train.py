@@ -81,9 +81,9 @@ def train(cfg: Config) -> Path:
     from kerascls.data import load_dataset
     from kerascls.data.sources import limit_train
     from kerascls.engines import get_engine, resolve_engine
-    from kerascls.manifest import build_manifest, write_manifest
+    from kerascls.manifest import build_manifest, update_manifest, write_manifest
     from kerascls.registry import check_model_args, get_spec
-    from kerascls.training.rundir import run_directory
+    from kerascls.training.rundir import UNFINISHED, run_directory, run_status
 
     spec = get_spec(cfg.model.model)
     image_size = cfg.data.image_size or spec.default_size
@@ -106,30 +106,46 @@ def train(cfg: Config) -> Path:
     print(f"data: {len(splits.x_train)} training, {len(splits.x_val)} validation and "
           f"{len(splits.x_test)} test images of {splits.num_classes} classes", flush=True)
     cfg.data.image_size = image_size
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
-    keras.utils.set_random_seed(cfg.train.seed)
+    status = run_status(run_dir) if (run_dir / "metadata.json").is_file() \
+        and not (run_dir / "backup").exists() else None
+    if status in UNFINISHED:
+        print(f"{run_dir}: training finished earlier; running the stages that did not "
+              f"({'export' if status == 'evaluated' else 'evaluation and export'})", flush=True)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+        keras.utils.set_random_seed(cfg.train.seed)
+        t0 = time.perf_counter()
+        history = engine.fit(cfg, spec, splits, run_dir, placement)
+        train_seconds = time.perf_counter() - t0
+        extra = engine.finish(cfg, splits, run_dir)
+        write_manifest(run_dir, build_manifest(
+            spec=spec, engine=engine_name, cfg=cfg, splits=splits, image_size=image_size,
+            history=history, train_seconds=train_seconds, backend=backend,
+            extra={"model_args": cfg.model.args, **placement.metadata(), **extra}))
+        from kerascls import plots
 
-    t0 = time.perf_counter()
-    history = engine.fit(cfg, spec, splits, run_dir, placement)
-    train_seconds = time.perf_counter() - t0
-    extra = engine.finish(cfg, splits, run_dir)
-    write_manifest(run_dir, build_manifest(
-        spec=spec, engine=engine_name, cfg=cfg, splits=splits, image_size=image_size,
-        history=history, train_seconds=train_seconds, backend=backend,
-        extra={"model_args": cfg.model.args, **placement.metadata(), **extra}))
-    from kerascls import plots
+        if history:
+            plots.training_curves(history, run_dir / "training_curves.png")
+    if status == "evaluated":
+        from kerascls.runs import load_run
 
-    if history:
-        plots.training_curves(history, run_dir / "training_curves.png")
-    run = finalize_run(run_dir, splits)
+        run = load_run(run_dir)
+    else:
+        run = finalize_run(run_dir, splits)
     _cleanup_backup(run_dir)
     if cfg.export.formats.strip() and placement.is_chief:
-        from kerascls.export import export_run
+        from kerascls.export import clean_stale_exports, export_run
 
-        export_run(run_dir, cfg.export.formats, models_dir=cfg.export.models_dir or None,
+        models_dir = cfg.export.models_dir or None
+        for path in clean_stale_exports(run, models_dir):
+            print(f"removed {path}, left by an export that did not finish", flush=True)
+        export_run(run_dir, cfg.export.formats, models_dir=models_dir,
                    representative_size=cfg.export.representative_size,
-                   ensemble_members=cfg.export.ensemble_members if run.is_bayesian else None)
+                   ensemble_members=cfg.export.ensemble_members if run.is_bayesian else None,
+                   skip_finished=status in UNFINISHED)
+    if placement.is_chief:
+        update_manifest(run_dir, status="complete")
     return run_dir
 
 
@@ -145,8 +161,9 @@ def finalize_run(run_dir: Path, splits):
     if not run.is_bayesian:
         calibrate_run(run, splits)
     metrics = evaluate_run(run, splits=splits)
-    update_manifest(run_dir, metrics={k: v for k, v in metrics.items()
-                                      if isinstance(v, (int, float)) or v is None})
+    update_manifest(run_dir, status="evaluated",
+                    metrics={k: v for k, v in metrics.items()
+                             if isinstance(v, (int, float)) or v is None})
     return run
 
 

@@ -61,32 +61,35 @@ def smallest_per_family(names) -> list[str]:
     return sorted(name for _, name in best.values())
 
 
-# Families whose other-backend steps run on these variants only (the rest differ from them only in
-# their tables); KERASCLS_ALL_JAX_MODELS=1 lifts the limit.
+# Families whose variants differ in their blocks, not only in their tables: the other-backend
+# steps run one variant per kind of block; KERASCLS_ALL_BACKEND_MODELS=1 lifts the limit.
 BACKEND_VARIANTS = {
     "mobilenet_v4": ("mobilenet_v4_conv_small", "mobilenet_v4_hybrid_medium"),
+    "resnet": ("resnet20", "resnet50", "resnet50v2"),  # CIFAR basic, bottleneck, pre-activation
+    "mobilenet": ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"),
+    "inception": ("inception_v1", "inception_v3"),
 }
 
 
 def backend_models(backend: str, names) -> list[str]:
     """The models whose training step runs on ``backend`` in the backends test.
 
-    JAX compiles the whole training step of every model, 5-80 CPU-seconds per zoo model, so it
-    trains the smallest model of each family (all of them with ``KERASCLS_ALL_JAX_MODELS=1``);
-    PyTorch runs eagerly and trains every model. Families in :data:`BACKEND_VARIANTS` train the
-    variants listed there on both backends.
+    A family's variants share their blocks (variants are data for one builder), so a training
+    step per family proves the backend runs that family's code: both backends train the
+    smallest model of each family (JAX compiles each model's whole step, 5-80 CPU-seconds per
+    zoo model; the TensorFlow harness still checks every model). Families in
+    :data:`BACKEND_VARIANTS` train the variants listed there. ``KERASCLS_ALL_BACKEND_MODELS=1``
+    trains every model on both backends.
     """
     from kerascls.registry import get_spec
 
-    if os.environ.get("KERASCLS_ALL_JAX_MODELS") == "1":
+    if os.environ.get("KERASCLS_ALL_BACKEND_MODELS") == "1":
         return list(names)
     names = list(names)
     listed = [n for n in names if get_spec(n).family in BACKEND_VARIANTS]
     rest = [n for n in names if n not in listed]
     chosen = [n for n in listed if n in BACKEND_VARIANTS[get_spec(n).family]]
-    if backend == "jax":
-        rest = smallest_per_family(rest)
-    return sorted(rest + chosen)
+    return sorted(smallest_per_family(rest) + chosen)
 
 
 def small_size(name: str) -> int:

@@ -2,10 +2,10 @@
 
 * ``test_harness``: each registered Keras 3 model at its smallest input on TensorFlow (forward,
   training step, config round trip, ``.keras`` save/load).
-* ``test_train_step_on_backend`` (marker ``backends``): one training step per model on PyTorch
-  (every model) and JAX (the smallest model of each family, since JAX compiles each model's
-  whole training step; ``KERASCLS_ALL_JAX_MODELS=1`` trains all of them), each backend in one
-  subprocess looping over its models, started with the module so it runs beside the tests.
+* ``test_train_step_on_backend`` (marker ``backends``): one training step on PyTorch and on JAX
+  for the smallest model of each family (variants share their family's blocks;
+  ``KERASCLS_ALL_BACKEND_MODELS=1`` trains all of them), each backend in one subprocess looping
+  over its models, started with the module so it runs beside the tests.
 * ``fullsize`` tests: ImageNet-size parameter counts equal ``keras.applications`` (computed
   here) or the count the paper / torchvision / timm give.
 """

@@ -35,6 +35,46 @@ def build_arguments(cfg, spec, num_train_examples: int) -> dict:
     return overrides
 
 
+def _readable_weights(path: Path) -> bool:
+    """True when ``path`` is an HDF5 file that opens (a kill can leave it truncated)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except OSError:
+        return False
+
+
+def usable_backup(backup: Path) -> None:
+    """Make ``backup/`` resumable, or remove it, saying which.
+
+    ``BackupAndRestore(double_checkpoint=True)`` keeps the previous epoch's state as ``*.bkp``.
+    When ``latest.weights.h5`` does not open, that copy (weights and training metadata) takes
+    its place; when neither opens, the backup is removed and training starts over.
+    """
+    import shutil
+
+    weights = backup / "latest.weights.h5"
+    if not weights.exists() or _readable_weights(weights):
+        return
+    previous = Path(f"{weights}.bkp")
+    meta, previous_meta = backup / "training_metadata.json", backup / "training_metadata.json.bkp"
+    if previous.is_file() and _readable_weights(previous):
+        shutil.copyfile(previous, weights)
+        if previous_meta.is_file():
+            shutil.copyfile(previous_meta, meta)
+        else:
+            meta.unlink(missing_ok=True)
+        epoch = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
+        print(f"warning: {weights} is corrupt; resuming from the previous epoch's copy "
+              f"(after epoch {epoch})", file=sys.stderr)
+        return
+    shutil.rmtree(backup, ignore_errors=True)
+    print(f"warning: {weights} is corrupt and no intact copy is left; training starts over",
+          file=sys.stderr)
+
+
 class KerasEngine:
     """Train, load and export Keras 3 models (see the module docstring)."""
 
@@ -45,9 +85,11 @@ class KerasEngine:
     def check(self, cfg, spec) -> None:
         if spec.family == "bayesian":
             if not cfg.model.prior_scale > 0:
-                raise UserError(f"--prior-scale must be positive. Received: {cfg.model.prior_scale}")
+                raise UserError(f"--prior-scale must be positive. "
+                                f"Received: {cfg.model.prior_scale}")
             if cfg.model.pretrained:
-                raise UserError(f"--pretrained is not available for the Bayesian model {spec.name}")
+                raise UserError(f"--pretrained is not available for the Bayesian model "
+                                f"{spec.name}")
             if cfg.model.freeze_backbone:
                 raise UserError(f"--freeze-backbone is not available for the Bayesian model "
                                 f"{spec.name}")
@@ -90,6 +132,7 @@ class KerasEngine:
                 bn.momentum = cfg.model.bn_momentum
 
         backup = run_dir / "backup"
+        usable_backup(backup)
         meta = backup / "training_metadata.json"
         epochs_done = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
         history_csv = run_dir / "history.csv"
@@ -188,7 +231,12 @@ class KerasEngine:
         path = run.path / MODEL_FILE
         if not path.is_file():
             raise UserError(f"run directory {run.path} has no model ({MODEL_FILE})")
-        model = keras.saving.load_model(path, compile=False)
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # noqa: BLE001 - any failure to read the file is a corrupt file
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"{path} is corrupt or not a Keras model file ({first}); train the run "
+                            "again or restore the file") from None
         return KerasPredictor(model, run.temperature, run.config.eval.mc_samples)
 
     # -- export and measurement -----------------------------------------------------------------

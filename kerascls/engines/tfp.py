@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascls.errors import UserError
+from kerascls.engines.tfp_ensemble import PosteriorEnsemble, posterior_ensemble, variational_layers
 from kerascls.export.montecarlo import ENSEMBLE_MEMBERS, ENSEMBLE_SEED
 from kerascls.fileio import atomic_path, atomic_write_json, read_json
 from kerascls.models.bayesian import TRUNKS, VARIANTS
@@ -51,6 +52,10 @@ from kerascls.training.history import read_history, truncate_history
 from kerascls.training.schedule import epoch_learning_rate, peak_learning_rate
 
 log = logging.getLogger("kerascls.engines.tfp")
+
+__all__ = ["BayesianPredictor", "PosteriorEnsemble", "TfpEngine", "build_bnn", "build_from_spec",
+           "fit_run", "kl_per_example", "load_model", "load_predictor", "posterior_ensemble",
+           "save_model", "variational_layers"]
 
 WEIGHTS_FILE = "bnn.weights.h5"
 BUILD_FILE = "bnn.json"
@@ -186,11 +191,6 @@ def _build_layers(input_shape, num_classes, convs, hidden, normalize, trunk, pri
     return tfk.Model(inputs, outputs, name=name)
 
 
-def variational_layers(model) -> list:
-    """The model's Flipout layers (those holding a kernel posterior)."""
-    return [layer for layer in model.layers if hasattr(layer, "kernel_posterior_fn")]
-
-
 def kl_per_example(model) -> float:
     """The KL term of the loss, ``KL(q || p) / num_train_examples``, summed over the layers."""
     total = 0.0
@@ -204,7 +204,8 @@ def kl_per_example(model) -> float:
 # saving and loading
 
 
-def _build_from_spec(spec: dict):
+def build_from_spec(spec: dict):
+    """The tf_keras model a ``bnn.json`` spec describes (registry name, shape, overrides)."""
     name = spec["model_name"]
     arch = VARIANTS[name]
     return build_bnn(tuple(spec["input_shape"]), int(spec["num_classes"]), convs=arch["convs"],
@@ -225,9 +226,17 @@ def load_model(run_dir: Path):
     spec_path, weights = run_dir / BUILD_FILE, run_dir / WEIGHTS_FILE
     if not spec_path.is_file() or not weights.is_file():
         raise UserError(f"{run_dir} holds no Bayesian model ({BUILD_FILE} and {WEIGHTS_FILE})")
-    spec = read_json(spec_path)
-    model = _build_from_spec(spec)
-    model.load_weights(str(weights))
+    try:
+        spec = read_json(spec_path)
+        model = build_from_spec(spec)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{spec_path} is corrupt or not a kerascls build file ({exc})") from None
+    try:
+        model.load_weights(str(weights))
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{weights} is corrupt or does not match {spec_path.name} ({first})") \
+            from None
     return model, spec
 
 
@@ -334,7 +343,7 @@ def fit_run(cfg, splits, run_dir: Path) -> dict[str, list[float]]:
             "num_train_examples": n_train,
         },
     }
-    model = _build_from_spec(spec)
+    model = build_from_spec(spec)
     model.compile(optimizer=_optimizer(t),
                   loss=tfk.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
                   metrics=["accuracy"])
@@ -477,121 +486,6 @@ def load_predictor(run_dir: Path) -> BayesianPredictor:
     cfg_path = run_dir / "config.yaml"
     mc = Config.load(cfg_path).eval.mc_samples if cfg_path.is_file() else Config().eval.mc_samples
     return BayesianPredictor(model, mc, spec)
-
-
-# --------------------------------------------------------------------------------------------
-# the TFLite posterior-sample ensemble
-
-
-def _posterior_sample(dist, rng: np.random.Generator, sample: bool) -> np.ndarray:
-    """A numpy draw from a (possibly ``Independent``) Normal or Deterministic distribution."""
-    base = getattr(dist, "distribution", dist)
-    loc = np.asarray(base.loc.numpy() if hasattr(base.loc, "numpy") else base.loc, np.float32)
-    scale = getattr(base, "scale", None)
-    if not sample or scale is None:
-        return loc
-    scale = np.asarray(scale.numpy() if hasattr(scale, "numpy") else scale, np.float32)
-    return (loc + scale * rng.standard_normal(loc.shape)).astype(np.float32)
-
-
-def _weights_of(layer, rng: np.random.Generator, sample: bool):
-    """``(kernel, bias)`` as numpy: a posterior draw for a Flipout layer, the values otherwise."""
-    if hasattr(layer, "kernel_posterior"):
-        bias = (_posterior_sample(layer.bias_posterior, rng, sample)
-                if layer.bias_posterior is not None else None)
-        return _posterior_sample(layer.kernel_posterior, rng, sample), bias
-    bias = layer.bias.numpy() if getattr(layer, "bias", None) is not None else None
-    return layer.kernel.numpy(), bias
-
-
-def _apply_weighted(layer, kernel, bias, x):
-    """A Conv2D / Dense (or their Flipout twins) with fixed weights, in plain TensorFlow ops."""
-    tf = _tf()
-    if hasattr(layer, "filters"):
-        if layer.data_format != "channels_last":
-            raise UserError(f"layer {layer.name}: only channels_last convolutions are supported")
-        y = tf.nn.convolution(x, kernel, strides=layer.strides, padding=layer.padding.upper(),
-                              dilations=layer.dilation_rate)
-    else:
-        y = tf.matmul(x, kernel)
-    if bias is not None:
-        y = y + bias
-    return layer.activation(y)
-
-
-class PosteriorEnsemble:
-    """``K`` deterministic networks whose weights are draws from a Bayesian model's posterior.
-
-    Every Flipout layer becomes a convolution or matrix product with one draw of its kernel
-    (biases are point estimates); layers before the first Flipout layer are computed once and
-    shared by the members. Flipout's sign flips leave the distribution of the perturbed weights
-    unchanged, so each member is an exact posterior sample of the Bayesian network. The weights
-    are constants, so the computation converts to TFLite builtin ops without variables.
-
-    Calling it on a float32 0..255 batch returns the members' probabilities ``(batch, K, C)``.
-
-    Args:
-        model: a Bayesian model from :func:`build_bnn` (a chain of layers).
-        members: ensemble size ``K``.
-        seed: seed of the numpy generator drawing the weights.
-        sample: False gives members with the posterior means (all identical).
-    """
-
-    def __init__(self, model, members: int = ENSEMBLE_MEMBERS, seed: int = ENSEMBLE_SEED,
-                 sample: bool = True):
-        if isinstance(members, bool) or not isinstance(members, (int, np.integer)) \
-                or members < 1:
-            raise UserError(f"ensemble members must be a positive integer. Received: {members}")
-        if not variational_layers(model):
-            raise UserError(f"{model.name} has no Flipout layer to sample")
-        rng = np.random.default_rng(seed)
-        self.members = int(members)
-        self.input_shape = tuple(int(v) for v in model.input_shape[1:])
-        self.num_classes = int(model.output_shape[-1])
-        # (layer, None) for weightless layers, (layer, [params]) with one entry per member for
-        # Flipout layers, or one shared entry for deterministic weighted layers.
-        self.steps = []
-        for layer in model.layers[1:]:
-            if hasattr(layer, "kernel_posterior"):
-                self.steps.append((layer, [_weights_of(layer, rng, sample)
-                                           for _ in range(self.members)]))
-            elif layer.weights and hasattr(layer, "kernel"):
-                self.steps.append((layer, [_weights_of(layer, rng, sample)]))
-            elif layer.trainable_weights:
-                raise UserError(f"layer {layer.name} ({type(layer).__name__}) cannot go into "
-                                "the posterior ensemble")
-            else:
-                self.steps.append((layer, None))
-
-    def __call__(self, pixels):
-        tf = _tf()
-        shared = tf.cast(pixels, tf.float32)
-        branches = None
-        for layer, params in self.steps:
-            if params is not None and len(params) == self.members and \
-                    hasattr(layer, "kernel_posterior"):
-                inputs = branches or [shared] * self.members
-                branches = [_apply_weighted(layer, k, b, x)
-                            for x, (k, b) in zip(inputs, params)]
-            elif params is not None:
-                (k, b), = params
-                if branches is None:
-                    shared = _apply_weighted(layer, k, b, shared)
-                else:
-                    branches = [_apply_weighted(layer, k, b, x) for x in branches]
-            elif branches is None:
-                shared = layer(shared, training=False)
-            else:
-                branches = [layer(x, training=False) for x in branches]
-        return tf.stack([tf.cast(x, tf.float32) for x in branches], axis=1)
-
-
-def posterior_ensemble(model, members: int = ENSEMBLE_MEMBERS, seed: int = ENSEMBLE_SEED,
-                       sample: bool = True) -> PosteriorEnsemble:
-    """The :class:`PosteriorEnsemble` of ``members`` posterior draws of ``model``."""
-    return PosteriorEnsemble(model, members, seed, sample)
-
-
 
 
 def _duck_macs(model) -> int:

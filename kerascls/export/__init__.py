@@ -67,13 +67,60 @@ def export_format(run, name: str, out_dir: Path, **options) -> list[Path]:
     return _resolve(path)(run, out_dir, **given)
 
 
+def models_base(run, models_dir=None) -> Path:
+    """The folder holding the run's SavedModel versions: ``MODELS_DIR/<model_name>``."""
+    base = Path(models_dir).expanduser() if models_dir else run.path / "models"
+    return base / str(run.metadata["model_name"])
+
+
+def finished_artifact(run, name: str, models_dir=None) -> list[Path] | None:
+    """The paths of format ``name`` when the run already has it complete, else None.
+
+    A SavedModel is complete when a numbered version folder holds ``saved_model.pb`` (versions
+    are published by a rename, so a partial one never has a number); a TFLite file when it and
+    its sidecar exist (both are written by a rename too).
+    """
+    if name == "saved_model":
+        base = models_base(run, models_dir)
+        versions = sorted((int(p.name) for p in base.glob("*")
+                           if p.name.isdigit() and (p / "saved_model.pb").is_file()),
+                          reverse=True) if base.is_dir() else []
+        return [base / str(versions[0])] if versions else None
+    from kerascls.export.tflite import sidecar_path, tflite_path
+
+    path = tflite_path(run, run.path / "tflite", name.removeprefix("tflite-"))
+    return [path, sidecar_path(path)] if path.is_file() and sidecar_path(path).is_file() else None
+
+
+def clean_stale_exports(run, models_dir=None) -> list[Path]:
+    """Remove what an export killed half-way leaves: hidden ``.export-*`` staging folders in the
+    model base path and hidden temporary files in ``RUN_DIR/tflite``. Returns what was removed."""
+    import shutil
+
+    removed = []
+    base = models_base(run, models_dir)
+    stale = list(base.glob(".export-*")) if base.is_dir() else []
+    tflite_dir = run.path / "tflite"
+    stale += [p for p in tflite_dir.glob(".*") if p.is_file()] if tflite_dir.is_dir() else []
+    stale += [p for p in run.path.glob(".export_report*") if p.is_file()]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def export_run(run_dir, formats: str, *, models_dir=None, version=None,
                representative_size=None, ensemble_members=None,
-               report: bool = True) -> dict[str, list[Path]]:
+               report: bool = True, skip_finished: bool = False) -> dict[str, list[Path]]:
     """Export ``run_dir`` in every format of ``formats`` and write the export report.
 
     On the jax and torch backends the artifacts are written by a TensorFlow-backend child
     process (:mod:`kerascls.export.backend`); the report is built here, on this backend.
+    With ``skip_finished`` (a resumed run), formats the run already has complete are not
+    written again, and the report covers them all.
     """
     from kerascls.export.backend import export_in_tensorflow, needs_tensorflow_process
     from kerascls.runs import load_run
@@ -83,9 +130,18 @@ def export_run(run_dir, formats: str, *, models_dir=None, version=None,
     offered = {"models_dir": models_dir, "version": version,
                "representative_size": representative_size}
     artifacts: dict[str, list[Path]] = {}
-    if needs_tensorflow_process():  # jax / torch: convert model.keras on the TensorFlow backend
-        artifacts = export_in_tensorflow(run.path, names, ensemble_members=ensemble_members,
-                                         **offered)
+    if skip_finished:
+        for name in names:
+            done = finished_artifact(run, name, models_dir)
+            if done is not None:
+                artifacts[name] = done
+                print(f"{name}: kept {done[0]}")
+        names = [n for n in names if n not in artifacts]
+    if not names:
+        pass
+    elif needs_tensorflow_process():  # jax / torch: convert model.keras on the TensorFlow backend
+        artifacts.update(export_in_tensorflow(run.path, names,
+                                              ensemble_members=ensemble_members, **offered))
     else:
         for name in names:
             allowed = FORMATS[name][1]

@@ -11,10 +11,29 @@ def slug(text: str) -> str:
     return keep.strip("-")[:60] or "run"
 
 
+UNFINISHED = ("trained", "evaluated")
+
+
+def run_status(run_dir: Path) -> str:
+    """The manifest's ``status``: ``trained``, ``evaluated`` or ``complete``.
+
+    Manifests written before the field existed, and unreadable ones, count as ``complete``:
+    such a run is never overwritten.
+    """
+    import json
+
+    try:
+        return str(json.loads((Path(run_dir) / "metadata.json").read_text()).get(
+            "status", "complete"))
+    except (OSError, ValueError, AttributeError):
+        return "complete"
+
+
 def run_directory(cfg) -> Path:
     """``output_dir/<run_name or model-dataset>``, or the next ``-2``, ``-3`` ... if it is finished.
 
-    A directory with a ``backup/`` folder is an unfinished run and is reused (resumed).
+    An unfinished run is reused: one with a ``backup/`` folder (training was interrupted) or one
+    whose manifest says training finished but a later stage (evaluation, export) did not.
     """
     base = Path(cfg.train.output_dir)
     dataset = cfg.data.dataset
@@ -22,7 +41,8 @@ def run_directory(cfg) -> Path:
         dataset = Path(dataset).name
     name = cfg.train.run_name or f"{cfg.model.model}-{slug(dataset)}"
     candidate, i = base / name, 1
-    while (candidate / "metadata.json").exists() and not (candidate / "backup").exists():
+    while (candidate / "metadata.json").exists() and not (candidate / "backup").exists() \
+            and run_status(candidate) not in UNFINISHED:
         i += 1
         candidate = base / f"{name}-{i}"
     return candidate

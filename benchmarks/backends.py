@@ -223,6 +223,7 @@ def profile_train(epochs: int) -> dict:
                 from kerascls.training.callbacks import nan_stop
 
                 d = os.path.join(tmp, stage)
+                os.makedirs(d)
                 cbs = [keras.callbacks.ModelCheckpoint(os.path.join(d, "model.keras"),
                                                        monitor="loss", save_best_only=True),
                        keras.callbacks.CSVLogger(os.path.join(d, "history.csv")),
@@ -257,13 +258,13 @@ def configs(backends) -> list[tuple[str, str | None, str]]:
 
 
 def child(backend: str | None, mode: str, n: int, epochs: int, threads: int) -> dict:
+    if threads and backend in (None, "torch"):
+        import torch
+
+        torch.set_num_threads(threads)
     if mode == "profile":
         return profile_train(epochs)
     if backend is None:
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         return run_torch(mode == "compile", n, epochs)
     return run_keras(mode, n, epochs)
 
@@ -310,7 +311,7 @@ def main() -> int:
     p.add_argument("--skip", default="", help="comma-separated configurations to leave out, "
                    "e.g. 'torch compile'")
     p.add_argument("--threads", type=int, default=0,
-                   help="native PyTorch threads (0: PyTorch's default)")
+                   help="PyTorch threads, native and Keras on torch (0: PyTorch's default)")
     p.add_argument("--json", help="also write the raw figures here")
     p.add_argument("--profile", action="store_true",
                    help="instead: milliseconds per step of train's default run on each backend, "

@@ -23,6 +23,7 @@ from kerascls.cli import cli_main
 from kerascls.errors import UserError
 
 EXPORT_BACKEND = "tensorflow"
+DEBUG_HINT = "(set KERASCLS_DEBUG=1 for the traceback)"
 
 
 def needs_tensorflow_process() -> bool:
@@ -67,6 +68,7 @@ def export_in_tensorflow(run_dir: Path, names: list[str], **options) -> dict[str
             raise UserError(errors[-1][len("error: "):])
         if proc.returncode != 0 or not answer.is_file():
             tail = (errors or proc.stderr.strip().splitlines() or ["no output"])[-1]
+            tail = tail.removeprefix("error: ").removesuffix(DEBUG_HINT).strip()
             raise RuntimeError(f"export on the {EXPORT_BACKEND} backend failed "
                                f"(exit {proc.returncode}): {tail}")
         found = json.loads(answer.read_text())

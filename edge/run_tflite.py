@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Classify images with a kerascls TFLite model on a Raspberry Pi (or any other computer).
+"""Classify images, or detect objects in them, with a kerascls TFLite model on a Raspberry Pi
+(or any other computer).
 
 This file stands alone: copy it to the device together with ``requirements.txt``, the
 ``.tflite`` model and its ``.json`` sidecar. It imports only the standard library, numpy,
@@ -10,6 +11,8 @@ Usage::
 
     python run_tflite.py MODEL.tflite IMAGE_OR_DIR... [--top-k K] [--threads N] [--json]
                          [--benchmark N] [--prefetch N] [--convert | --strict]
+    python run_tflite.py --task detect MODEL.tflite IMAGE_OR_DIR... [--json] [--draw OUT.png]
+                         [--score-threshold S] [--iou-threshold T]
 
 The sidecar (``MODEL.json``, written by ``python -m kerascls.export``) gives the labels, the
 input size, the resize method and the input dtype and quantization. Images are decoded with
@@ -24,6 +27,13 @@ channels the way kerascls training converts them (Pillow ``convert("RGB")``); ``
 refuses them instead. RGBA, CMYK and 16-bit images are refused with one line naming the mode;
 ``--convert`` converts them too (16-bit images scaled by their maximum). Images over
 40 megapixels are refused before they are decoded.
+
+Detection (``--task detect``) runs a YOLO file from ``python -m kerascls.detect export``. Its
+sidecar gives, per head, the output's grid, stride and anchors; the runner resizes each image with
+Pillow's bilinear filter (as ``kerascls.detect`` does), decodes the heads
+(``xy = (sigmoid(t_xy) + cell) / grid``, ``wh = exp(t_wh) * anchor / input size``, score =
+objectness x class probability), applies class-aware greedy NMS in NumPy, and reports boxes
+``x1, y1, x2, y2`` in pixels of the original image; ``--draw`` writes the image with the boxes.
 
 Exit status: 0 when every image was classified, 1 when some inputs could not be read (the
 others are still classified), 2 on bad usage, a bad model or sidecar, or a missing runtime.
@@ -139,11 +149,12 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
 
 
-def read_sidecar(model_path: Path) -> dict:
-    """Read and check the sidecar beside ``model_path``.
+def read_sidecar(model_path: Path, task: str = "classify") -> dict:
+    """Read and check the sidecar beside ``model_path`` for ``task`` (classify or detect).
 
     Raises:
-        Fatal: when it is missing, unreadable, not JSON, or lacks the labels or input size.
+        Fatal: when it is missing, unreadable, not JSON, belongs to the other task, or lacks the
+            labels, the input size or (detection) the heads.
     """
     path = sidecar_path(model_path)
     if not path.is_file():
@@ -158,6 +169,12 @@ def read_sidecar(model_path: Path) -> dict:
         raise Fatal(f"sidecar {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(meta, dict):
         raise Fatal(f"sidecar {path} must hold a JSON object")
+    if task == "classify" and meta.get("task") == "detect":
+        raise Fatal(f"{model_path.name} is a detection model (its sidecar says task detect); "
+                    "run with --task detect")
+    if task == "detect" and meta.get("task") != "detect":
+        raise Fatal(f"{model_path.name} is a classification model, not a detection model "
+                    "(its sidecar has no task detect); run without --task detect")
     labels = meta.get("labels")
     if not isinstance(labels, list) or not labels:
         raise Fatal(f"sidecar {path} has no 'labels' list")
@@ -166,9 +183,38 @@ def read_sidecar(model_path: Path) -> dict:
             or not all(isinstance(v, int) and v > 0 for v in size)):
         raise Fatal(f"sidecar {path} has no valid 'input_size' [height, width]; "
                     f"received {size!r}")
+    if task == "detect":
+        return _check_detect_sidecar(path, meta)
     method = meta.get("resize_method", "bilinear")
     if method != "bilinear":
         raise Fatal(f"sidecar {path}: resize_method must be bilinear. Received: {method}")
+    return meta
+
+
+def _check_detect_sidecar(path: Path, meta: dict) -> dict:
+    heads = meta.get("heads")
+    if not isinstance(heads, list) or not heads:
+        raise Fatal(f"sidecar {path} has no 'heads' list (grid, stride and anchors per output); "
+                    "export again with python -m kerascls.detect export RUN_DIR")
+    for i, head in enumerate(heads):
+        ok = (isinstance(head, dict) and isinstance(head.get("grid"), list)
+              and len(head["grid"]) == 2 and all(isinstance(v, int) and v > 0
+                                                 for v in head["grid"])
+              and isinstance(head.get("anchors"), list) and head["anchors"]
+              and all(isinstance(a, list) and len(a) == 2
+                      and all(isinstance(v, (int, float)) and v > 0 for v in a)
+                      for a in head["anchors"]))
+        if not ok:
+            raise Fatal(f"sidecar {path}: heads[{i}] needs 'grid' [h, w] and 'anchors' "
+                        f"[[w, h], ...] in input pixels; received {head!r}"[:300])
+    method = meta.get("resize_method")
+    if method != "pillow_bilinear":
+        raise Fatal(f"sidecar {path}: resize_method must be pillow_bilinear for detection. "
+                    f"Received: {method}")
+    for key, low, high in (("score_threshold", 0.0, 1.0), ("iou_threshold", 0.0, 1.0)):
+        value = meta.get(key, 0.25 if key == "score_threshold" else 0.45)
+        if not isinstance(value, (int, float)) or not low <= value <= high:
+            raise Fatal(f"sidecar {path}: {key} must be a number in [0, 1]. Received: {value!r}")
     return meta
 
 
@@ -252,6 +298,9 @@ class Model:
             raise Fatal(f"{model_path} takes input shape {shape}; the runner needs "
                         "[batch, height, width, 3] RGB images")
         outputs = self.interpreter.get_output_details()
+        if any(len(o["shape"]) == 5 for o in outputs):
+            raise Fatal(f"{model_path.name} has YOLO detection heads, not class probabilities; "
+                        "run with --task detect")
         if self.meta:
             self.height, self.width = self.meta["input_size"]
             if [self.height, self.width] != shape[1:3]:
@@ -628,6 +677,268 @@ def benchmark(model: Model, Image, files, runs: int, convert: bool, prefetch: in
 
 
 # ---------------------------------------------------------------------------------------------
+# detection
+
+
+class DetectModel:
+    """A YOLO model from ``python -m kerascls.detect export`` with its sidecar's heads.
+
+    Attributes:
+        labels: class names.
+        height, width: the input size.
+        heads: per head ``(output details, grid_h, grid_w, anchors (A, 2) in input pixels)``.
+        score_threshold, iou_threshold, max_detections: post-processing, from the sidecar.
+    """
+
+    def __init__(self, model_path: Path, interpreter_cls, threads: int):
+        np, _ = _import_numpy_pillow()
+        self.np = np
+        self.path = model_path
+        if model_path.is_file():
+            self.meta = read_sidecar(model_path, task="detect")
+        self.interpreter = load_interpreter(model_path, interpreter_cls, threads)
+        self.input = self.interpreter.get_input_details()[0]
+        shape = [int(v) for v in self.input["shape"]]
+        self.height, self.width = self.meta["input_size"]
+        if len(shape) != 4 or shape[1:] != [self.height, self.width, 3]:
+            raise Fatal(f"{model_path.name} takes input shape {shape} but its sidecar says "
+                        f"{self.meta['input_size']} RGB; they do not belong together")
+        self.labels = [str(v) for v in self.meta["labels"]]
+        self.input_dtype = np.dtype(self.input["dtype"])
+        self.input_scale, self.input_zero_point = (float(self.input["quantization"][0]),
+                                                   int(self.input["quantization"][1]))
+        outputs = self.interpreter.get_output_details()
+        self.heads, used = [], set()
+        for entry in self.meta["heads"]:
+            gh, gw = entry["grid"]
+            anchors = np.asarray(entry["anchors"], np.float32)
+            want = [gh, gw, len(anchors), 5 + len(self.labels)]
+            match = [o for o in outputs if o["index"] not in used
+                     and [int(v) for v in o["shape"][1:]] == want]
+            if not match:
+                found = [[int(v) for v in o["shape"]] for o in outputs]
+                raise Fatal(f"sidecar head {entry.get('name', len(self.heads))} (grid {gh}x{gw}, "
+                            f"{len(anchors)} anchors, {len(self.labels)} classes) matches no "
+                            f"output of {model_path.name} (outputs {found})")
+            used.add(match[0]["index"])
+            self.heads.append((match[0], gh, gw, anchors))
+        self.score_threshold = float(self.meta.get("score_threshold", 0.25))
+        self.iou_threshold = float(self.meta.get("iou_threshold", 0.45))
+        self.max_detections = int(self.meta.get("max_detections", 100))
+
+    def prepare(self, rgb):
+        """A (1, H, W, 3) input from a uint8 RGB image: Pillow bilinear resize, as training."""
+        np = self.np
+        if rgb.shape[:2] != (self.height, self.width):
+            _, Image = _import_numpy_pillow()
+            rgb = np.asarray(Image.fromarray(rgb).resize((self.width, self.height),
+                                                         Image.BILINEAR), np.uint8)
+        pixels = rgb.astype(np.float32)
+        if self.input_dtype in (np.uint8, np.int8) and self.input_scale > 0:
+            info = np.iinfo(self.input_dtype)
+            q = np.floor(pixels / np.float32(self.input_scale) + np.float32(0.5)) \
+                + self.input_zero_point
+            return np.clip(q, info.min, info.max).astype(self.input_dtype)[None]
+        return pixels.astype(self.input_dtype)[None]
+
+    def raw_heads(self, tensor):
+        """Run the model; return each head's float32 (grid_h, grid_w, A, 5 + C) logits."""
+        np = self.np
+        self.interpreter.set_tensor(self.input["index"], tensor)
+        self.interpreter.invoke()
+        out = []
+        for detail, *_ in self.heads:
+            raw = self.interpreter.get_tensor(detail["index"]).astype(np.float32)
+            scale, zero_point = detail["quantization"]
+            if scale:
+                raw = (raw - np.float32(zero_point)) * np.float32(scale)
+            out.append(raw[0])
+        return out
+
+    def detect(self, tensor, score_threshold: float, iou_threshold: float):
+        """``(boxes (n, 4) x1 y1 x2 y2 in 0..1, scores (n,), classes (n,))``, best first."""
+        boxes, scores = decode_heads(self.np, self.raw_heads(tensor),
+                                     [h[3] for h in self.heads], self.height, self.width)
+        return postprocess(self.np, boxes, scores, score_threshold, iou_threshold,
+                           self.max_detections)
+
+
+def _sigmoid(np, x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def decode_heads(np, heads, anchors, height: int, width: int):
+    """Candidate boxes ``(N, 4)`` (x1, y1, x2, y2 in 0..1) and scores ``(N, C)`` of one image."""
+    all_boxes, all_scores = [], []
+    for raw, anchor in zip(heads, anchors):
+        gh, gw, a = raw.shape[:3]
+        gy, gx = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+        grid = np.stack([gx, gy], -1)[:, :, None, :]
+        xy = (_sigmoid(np, raw[..., 0:2]) + grid) / np.array([gw, gh], np.float32)
+        wh = np.exp(np.clip(raw[..., 2:4], -10, 6)) * (
+            anchor / np.array([width, height], np.float32))
+        all_boxes.append(np.concatenate([xy - wh / 2, xy + wh / 2], -1).reshape(-1, 4))
+        all_scores.append((_sigmoid(np, raw[..., 4:5]) * _sigmoid(np, raw[..., 5:]))
+                          .reshape(gh * gw * a, -1))
+    return np.concatenate(all_boxes), np.concatenate(all_scores)
+
+
+def nms(np, boxes, scores, iou_threshold: float):
+    """Indices kept by greedy non-maximum suppression, best first."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    area = np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 0), axis=1)
+    while len(order):
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
+        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = np.prod(np.maximum(rb - lt, 0), axis=1)
+        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.array(keep, np.int64)
+
+
+def postprocess(np, boxes, scores, score_threshold: float, iou_threshold: float,
+                max_detections: int = 100):
+    """Score threshold, then class-aware NMS: boxes of different classes never suppress each
+    other. Returns ``(boxes, scores, classes)`` best first, at most ``max_detections``."""
+    cand, cls = np.nonzero(scores >= score_threshold)
+    if not len(cand):
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    b = np.clip(boxes[cand], 0, 1)
+    s = scores[cand, cls]
+    kept = []
+    for c in np.unique(cls):
+        idx = np.nonzero(cls == c)[0]
+        kept.extend(idx[nms(np, b[idx], s[idx], iou_threshold)])
+    kept = np.array(kept)[np.argsort(-s[kept], kind="stable")][:max_detections]
+    return b[kept].astype(np.float32), s[kept].astype(np.float32), cls[kept].astype(np.int64)
+
+
+def detections_in_pixels(model: DetectModel, found, height: int, width: int) -> list:
+    """``[{label, class_id, score, box: [x1, y1, x2, y2]}]`` in pixels of the original image."""
+    boxes, scores, classes = found
+    return [{"label": model.labels[int(c)], "class_id": int(c), "score": round(float(s), 6),
+             "box": [round(float(b[0]) * width, 2), round(float(b[1]) * height, 2),
+                     round(float(b[2]) * width, 2), round(float(b[3]) * height, 2)]}
+            for b, s, c in zip(boxes, scores, classes)]
+
+
+COLORS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+          (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128))
+
+
+def draw_boxes(Image, rgb, detections: list, out: Path) -> None:
+    """Write ``rgb`` with its detections drawn (scaled up to at least 256 px) to ``out``, a PNG,
+    through a temporary file in the same folder, so a failed write leaves nothing half-written."""
+    from PIL import ImageDraw
+
+    h, w = rgb.shape[:2]
+    scale = max(1, 256 // max(h, w))
+    im = Image.fromarray(rgb)
+    if scale > 1:
+        im = im.resize((w * scale, h * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(im)
+    for d in detections:
+        color = COLORS[d["class_id"] % len(COLORS)]
+        x1, y1, x2, y2 = (v * scale for v in d["box"])
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
+        text = f"{d['label']} {d['score']:.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), text)
+        ty = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
+        draw.rectangle([x1, ty, x1 + right - left + 2, ty + bottom - top + 2], fill=color)
+        draw.text((x1 + 1, ty), text, fill=(255, 255, 255))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        im.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise Fatal(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def draw_target(draw: str | None, path: Path, several: bool) -> Path | None:
+    """Where ``--draw`` puts the drawing of ``path``: the file itself for one image, else
+    ``DIR/NAME_detections.png``."""
+    if not draw:
+        return None
+    target = Path(draw)
+    if not several and target.suffix.lower() == ".png":
+        return target
+    return target / f"{path.stem}_detections.png"
+
+
+def run_detect(args) -> int:
+    """``--task detect``: detect in every input, print the boxes, draw them if asked."""
+    np, Image = _import_numpy_pillow()
+    if args.top_k is not None or args.benchmark:
+        flag = "--top-k" if args.top_k is not None else "--benchmark"
+        raise Fatal(f"{flag} is for classification; --task detect does not take it")
+    if args.no_sidecar:
+        raise Fatal("--task detect needs the sidecar (heads, anchors, labels); it cannot run "
+                    "with --no-sidecar")
+    interpreter_cls, _ = load_runtime(args.runtime)
+    model = DetectModel(Path(args.model), interpreter_cls, args.threads)
+    score = model.score_threshold if args.score_threshold is None else args.score_threshold
+    iou = model.iou_threshold if args.iou_threshold is None else args.iou_threshold
+    items = list(expand_inputs(args.inputs))
+    several = len(items) > 1
+    if args.draw:
+        target = Path(args.draw)
+        if several and target.suffix.lower() == ".png":
+            raise Fatal(f"--draw {args.draw} names one PNG but there are {len(items)} inputs; "
+                        "pass a folder")
+        folder = target if several or target.suffix.lower() != ".png" else target.parent
+        if not folder.is_dir():
+            if folder.exists():
+                raise Fatal(f"--draw: {folder} is not a folder")
+            try:
+                folder.mkdir(parents=True)
+            except OSError as exc:
+                raise Fatal(f"--draw: cannot create {folder}: {exc.strerror or exc}") from None
+    failed, done = 0, 0
+    for path, problem in items:
+        if problem is None:
+            try:
+                rgb = read_rgb(np, Image, path, args.convert, args.strict)
+            except BadInput as exc:
+                problem = str(exc)
+        if problem is not None:
+            failed += 1
+            print(f"error: {path}: {problem}", file=sys.stderr)
+            continue
+        found = model.detect(model.prepare(rgb), score, iou)
+        detections = detections_in_pixels(model, found, *rgb.shape[:2])
+        out = draw_target(args.draw, path, several)
+        if out is not None:
+            draw_boxes(Image, rgb, detections, out)
+        done += 1
+        if args.json:
+            result = {"path": str(path), "width": int(rgb.shape[1]),
+                      "height": int(rgb.shape[0]), "detections": detections}
+            if out is not None:
+                result["output"] = str(out)
+            print(json.dumps(result), flush=True)
+        else:
+            drawn = f" -> {out}" if out is not None else ""
+            print(f"{path}: {len(detections)} object(s){drawn}", flush=True)
+            for d in detections:
+                x1, y1, x2, y2 = d["box"]
+                print(f"  {d['label']:<12} {d['score']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, "
+                      f"{y2:.1f}]", flush=True)
+    if failed:
+        if done:
+            print(f"error: {failed} of {failed + done} input(s) could not be read",
+                  file=sys.stderr)
+        return EXIT_SOME_FAILED if done else EXIT_FATAL
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
 # command line
 
 
@@ -659,13 +970,29 @@ def _non_negative(name):
     return _int_at_least(name, 0, "an integer >= 0")
 
 
+def _fraction(name):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in [0, 1]. "
+                                             f"Received: {text}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="run_tflite.py", description=__doc__.split("\n\n")[0],
                      allow_abbrev=False)
     parser.add_argument("model", help="the .tflite model (its .json sidecar must lie beside it)")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                         help="image files, or folders whose jpg/png/bmp/gif files are classified")
-    parser.add_argument("--top-k", type=_positive("--top-k"), default=3,
+    parser.add_argument("--task", choices=("classify", "detect"), default="classify",
+                        help="classify (default), or detect objects with a YOLO model from "
+                             "python -m kerascls.detect export")
+    parser.add_argument("--top-k", type=_positive("--top-k"), default=None,
                         help="how many classes to list per image (default: 3)")
     parser.add_argument("--threads", default=1, metavar="N",
                         type=_int_at_least("--threads", 1, f"an integer from 1 to {MAX_THREADS}",
@@ -684,6 +1011,15 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--strict", action="store_true",
                        help="refuse every image that is not 8-bit RGB, grayscale and palette "
                             "images included (by default they are converted to RGB)")
+    parser.add_argument("--draw", metavar="OUT.png",
+                        help="detect: write the image with its boxes drawn to OUT.png (one "
+                             "input), or NAME_detections.png files into the folder OUT")
+    parser.add_argument("--score-threshold", type=_fraction("--score-threshold"), default=None,
+                        metavar="S", help="detect: lowest score reported (default: the "
+                                          "sidecar's, 0.25)")
+    parser.add_argument("--iou-threshold", type=_fraction("--iou-threshold"), default=None,
+                        metavar="T", help="detect: NMS IoU threshold (default: the sidecar's, "
+                                          "0.45)")
     parser.add_argument("--no-sidecar", action="store_true",
                         help="run without the sidecar: class indices as labels, the model's "
                              "own input size")
@@ -697,6 +1033,14 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv=None) -> int:
     """Parse ``argv``, classify every input, print the results; return the exit status."""
     args = build_parser().parse_args(argv)
+    if args.task == "detect":
+        return run_detect(args)
+    for flag in ("draw", "score_threshold", "iou_threshold"):
+        if getattr(args, flag) is not None:
+            raise Fatal(f"--{flag.replace('_', '-')} is for --task detect; classification does "
+                        "not take it")
+    if args.top_k is None:
+        args.top_k = 3
     _, Image = _import_numpy_pillow()
     interpreter_cls, runtime = load_runtime(args.runtime)
     t_start = time.perf_counter()

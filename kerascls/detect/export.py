@@ -16,9 +16,10 @@ and returns the same. Decoding is that of :mod:`kerascls.detect.decode`; NMS is
 with detections.
 
 TFLite float32 and int8 (``RUN_DIR/tflite/<model_name>_<variant>.tflite``) hold the network with
-its raw head outputs; decoding and NMS run in :func:`run_tflite_detect`, because TFLite has no
-builtin for a class-aware combined NMS. :func:`export_report` scores every artifact's mAP on the
-run's test split.
+its raw head outputs; decoding and NMS run in :func:`run_tflite_detect` (and, without kerascls,
+in ``edge/run_tflite.py --task detect``, which reads the heads from the sidecar), because TFLite
+has no builtin for a class-aware combined NMS. :func:`export_report` scores every artifact's mAP
+on the run's test split.
 """
 
 from __future__ import annotations
@@ -194,12 +195,33 @@ def export_detect_tflite(run_dir: Path, variant: str = "float32") -> Path:
     out = run_dir / "tflite" / f"{meta['model_name']}_{variant}.tflite"
     with atomic_path(out) as tmp:
         tmp.write_bytes(content)
+    atomic_write_json(out.with_suffix(".json"), detect_sidecar(model, meta, variant))
+    return out
+
+
+def detect_sidecar(model, meta: dict, variant: str) -> dict:
+    """What a TFLite consumer needs to decode the heads without kerascls (``edge/run_tflite.py
+    --task detect``): the run's manifest plus input size and resize, one entry per head (output
+    name, grid, stride, anchors in input pixels, values per anchor), thresholds and box format."""
     from kerascls.detect.cfg import yolo_layers
 
-    atomic_write_json(out.with_suffix(".json"), {
-        **meta, "anchors_per_head": [h.anchors for h in yolo_layers(model)],
-        "outputs": [f"head{i}" for i in range(len(model.outputs))], "variant": variant})
-    return out
+    size = int(meta["image_size"])
+    heads = []
+    for i, (head, output) in enumerate(zip(yolo_layers(model), model.outputs)):
+        grid = [int(output.shape[1]), int(output.shape[2])]
+        heads.append({"name": f"head{i}", "grid": grid, "stride": size // grid[0],
+                      "anchors": [[float(a), float(b)] for a, b in head.anchors],
+                      "values_per_anchor": int(output.shape[-1])})
+    return {**meta, "variant": variant, "input_size": [size, size],
+            "input_dtype": "float32", "resize_method": "pillow_bilinear",
+            "anchors_per_head": [h["anchors"] for h in heads],
+            "outputs": [h["name"] for h in heads], "heads": heads,
+            "score_threshold": float(meta.get("score_threshold", 0.25)),
+            "iou_threshold": float(meta.get("iou_threshold", 0.45)),
+            "max_detections": MAX_DETECTIONS,
+            "box_format": "x1,y1,x2,y2 normalized; xy = (sigmoid(t_xy) + cell) / grid, "
+                          "wh = exp(t_wh) * anchor / input_size, score = sigmoid(obj) * "
+                          "sigmoid(class); class-aware greedy NMS"}
 
 
 def export_report(run_dir: Path, artifacts: dict[str, Path]) -> dict:

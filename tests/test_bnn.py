@@ -4,7 +4,6 @@ and TFLite exports (agreement with the Keras Monte Carlo estimates), evaluation 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys

@@ -6,7 +6,7 @@ backend is exported by a child process on the TensorFlow backend that loads it a
 artifacts (:func:`export_in_tensorflow`). The export report is then built in the calling process,
 so every artifact is compared with the model as the training backend computes it.
 
-The child is ``python -m kerascls.export.backend REQUEST.json``: the request names the run, the
+The child is ``python -m kerascls.export.child REQUEST.json``: the request names the run, the
 formats and their options, and the file to which the child writes the artifact paths.
 """
 
@@ -19,7 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kerascls.cli import cli_main
 from kerascls.errors import UserError
 
 EXPORT_BACKEND = "tensorflow"
@@ -60,7 +59,7 @@ def export_in_tensorflow(run_dir: Path, names: list[str], **options) -> dict[str
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         print(f"exporting on the {EXPORT_BACKEND} backend (model.keras is backend-neutral) ...",
               flush=True)
-        proc = subprocess.run([sys.executable, "-m", "kerascls.export.backend", str(request)],
+        proc = subprocess.run([sys.executable, "-m", "kerascls.export.child", str(request)],
                               stdout=None, stderr=subprocess.PIPE, text=True, env=env,
                               check=False)
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
@@ -73,23 +72,3 @@ def export_in_tensorflow(run_dir: Path, names: list[str], **options) -> dict[str
                                f"(exit {proc.returncode}): {tail}")
         found = json.loads(answer.read_text())
     return {name: [Path(p) for p in paths] for name, paths in found.items()}
-
-
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    from kerascls.export import export_run
-    from kerascls.fileio import atomic_write_json
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        raise UserError("usage: python -m kerascls.export.backend REQUEST.json")
-    req = json.loads(Path(args[0]).read_text())
-    if needs_tensorflow_process():
-        raise UserError(f"the export child must run on the {EXPORT_BACKEND} backend")
-    artifacts = export_run(req["run_dir"], req["formats"], report=False, **req["options"])
-    atomic_write_json(req["answer"], {k: [str(p) for p in v] for k, v in artifacts.items()})
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

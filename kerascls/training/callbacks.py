@@ -10,18 +10,19 @@ import math
 
 
 class NanStopLogic:
-    """Stop training on a NaN or infinite batch loss and remember the epoch (1-based)."""
+    """Stop training after an epoch whose loss is NaN or infinite; remember it (1-based).
+
+    The check reads the epoch's mean loss, which a single non-finite batch makes non-finite, so
+    no step waits on its loss being copied to the host: on jax and torch a per-batch check would
+    synchronize every step.
+    """
 
     nan_epoch: int | None = None
-    _epoch: int = 0
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
+    def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.nan_epoch = self._epoch + 1
+            self.nan_epoch = epoch + 1
             self.model.stop_training = True
 
 

@@ -30,6 +30,21 @@ from kerascls.layers import preprocessing_layer
 TRUNKS = ("flipout", "deterministic")
 
 
+def check_arguments(*, convs, trunk: str, prior_scale: float, num_train_examples: int,
+                    name: str) -> None:
+    """Refuse what no Bayesian network of these layouts can be built with (either engine)."""
+    if trunk not in TRUNKS:
+        raise UserError(f"--bnn-trunk must be one of {', '.join(TRUNKS)}. Received: {trunk}")
+    if not convs and trunk != "flipout":
+        raise UserError(f"--bnn-trunk {trunk} needs a convolutional model; {name} has no "
+                        "convolutions (use bnn_cnn)")
+    if not prior_scale > 0:
+        raise UserError(f"--prior-scale must be positive. Received: {prior_scale}")
+    if int(num_train_examples) < 1:
+        raise UserError(f"num_train_examples must be a positive integer. "
+                        f"Received: {num_train_examples}")
+
+
 def build_bnn(input_shape, num_classes: int, *, convs, hidden, normalize: str | None = None,
               trunk: str = "flipout", prior_scale: float = 1.0, num_train_examples: int = 1,
               kl_weight: float | None = None, posterior_scale_init: float = -5.0,
@@ -65,16 +80,8 @@ def build_bnn(input_shape, num_classes: int, *, convs, hidden, normalize: str | 
     Returns:
         A ``keras.Model`` from ``pixels`` to ``predictions``.
     """
-    if trunk not in TRUNKS:
-        raise UserError(f"--bnn-trunk must be one of {', '.join(TRUNKS)}. Received: {trunk}")
-    if not convs and trunk != "flipout":
-        raise UserError(f"--bnn-trunk {trunk} needs a convolutional model; {name} has no "
-                        "convolutions (use bnn_cnn)")
-    if not prior_scale > 0:
-        raise UserError(f"--prior-scale must be positive. Received: {prior_scale}")
-    if int(num_train_examples) < 1:
-        raise UserError(f"num_train_examples must be a positive integer. "
-                        f"Received: {num_train_examples}")
+    check_arguments(convs=convs, trunk=trunk, prior_scale=prior_scale,
+                    num_train_examples=num_train_examples, name=name)
     if kl_weight is None:
         kl_weight = 1.0 / int(num_train_examples)
     elif int(num_train_examples) != 1:

@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 
 from kerascls.errors import UserError
+from kerascls.bayes.models import check_arguments
 from kerascls.engines.tfp_ensemble import PosteriorEnsemble, posterior_ensemble, variational_layers
 from kerascls.export.montecarlo import ENSEMBLE_MEMBERS, ENSEMBLE_SEED
 from kerascls.fileio import atomic_path, atomic_write_json, read_json
-from kerascls.models.bayesian import TRUNKS, VARIANTS
+from kerascls.models.bayesian import VARIANTS
 from kerascls.training.callbacks import nan_message, nan_stop
 from kerascls.training.history import read_history, truncate_history
 from kerascls.training.schedule import epoch_learning_rate, peak_learning_rate
@@ -147,16 +148,8 @@ def build_bnn(input_shape, num_classes: int, *, convs, hidden, normalize: str | 
         activation: hidden activation.
         name: model name.
     """
-    if trunk not in TRUNKS:
-        raise UserError(f"--bnn-trunk must be one of {', '.join(TRUNKS)}. Received: {trunk}")
-    if not convs and trunk != "flipout":
-        raise UserError(f"--bnn-trunk {trunk} needs a convolutional model; {name} has no "
-                        "convolutions (use bnn_cnn)")
-    if not prior_scale > 0:
-        raise UserError(f"--prior-scale must be positive. Received: {prior_scale}")
-    if int(num_train_examples) < 1:
-        raise UserError(f"num_train_examples must be a positive integer. "
-                        f"Received: {num_train_examples}")
+    check_arguments(convs=convs, trunk=trunk, prior_scale=prior_scale,
+                    num_train_examples=num_train_examples, name=name)
     with warnings.catch_warnings():
         # TFP's variational layers call the deprecated ``add_variable``; nothing to act on.
         warnings.filterwarnings("ignore", message=".*add_variable.* is deprecated")

@@ -75,12 +75,19 @@ def train(cfg: Config) -> Path:
     from kerascls.distribute import setup as setup_distribution
 
     check_options(cfg)
+    from kerascls import catalog
+    from kerascls.distribute import current_backend
+    from kerascls.engines import check_limits, resolve_engine
+
+    info = catalog.info(cfg.model.model)
+    engine_name = resolve_engine(info, cfg.model.bnn_impl, current_backend())
+    check_limits(engine_name, cfg, info.name)  # before the devices: some are set up only once
     placement = setup_distribution(cfg)  # devices and strategy before any device runtime starts
     import keras
 
     from kerascls.data import load_dataset
     from kerascls.data.sources import limit_train
-    from kerascls.engines import get_engine, resolve_engine
+    from kerascls.engines import get_engine
     from kerascls.manifest import build_manifest, update_manifest, write_manifest
     from kerascls.registry import check_model_args, get_spec
     from kerascls.training.rundir import UNFINISHED, run_directory, run_status
@@ -90,7 +97,6 @@ def train(cfg: Config) -> Path:
     check_model_input(cfg, image_size)
     cfg.model.args = check_model_args(spec.name, cfg.model.args, (image_size, image_size, 3))
     backend = keras.backend.backend()
-    engine_name = resolve_engine(spec, cfg.model.bnn_impl, backend)
     engine = get_engine(engine_name)
     engine.check(cfg, spec)  # refuse what the engine cannot do before anything is written
     run_dir = placement.run_directory(run_directory(cfg))

@@ -84,7 +84,28 @@ class Engine(Protocol):
         """Parameters and multiply-accumulates per image (one Monte Carlo pass)."""
 
 
+# What an engine cannot do, as data, so that it is refused before devices are set up:
+# engine -> (what the message calls a model of it, {train option: allowed values}, a hint).
+LIMITS = {
+    "tfp": ("the Bayesian model {name} with --bnn-impl tfp (tf_keras layers)",
+            {"strategy": ("none",), "mixed_precision": ("off",)},
+            "or train it with --bnn-impl keras"),
+}
+
 _cache: dict[str, Engine] = {}
+
+
+def check_limits(engine: str, cfg, model_name: str) -> None:
+    """Refuse training options ``engine`` cannot honour (see :data:`LIMITS`), in one line."""
+    if engine not in LIMITS:
+        return
+    what, options, hint = LIMITS[engine]
+    for option, allowed in options.items():
+        value = getattr(cfg.train, option)
+        if value not in allowed:
+            flag = "--" + option.replace("_", "-")
+            raise UserError(f"{flag} {value} is not available for {what.format(name=model_name)}; "
+                            f"use {flag} {allowed[0]} {hint}")
 
 
 def get_engine(name: str) -> Engine:

@@ -504,7 +504,10 @@ class TfpEngine:
     model_files = (BUILD_FILE, WEIGHTS_FILE)
 
     def check(self, cfg, spec) -> None:
+        from kerascls.engines import check_limits
+
         check_backend(spec.name)
+        check_limits(self.name, cfg, spec.name)
         if not cfg.model.prior_scale > 0:
             raise UserError(f"--prior-scale must be positive. Received: {cfg.model.prior_scale}")
         if cfg.model.pretrained:
@@ -512,15 +515,6 @@ class TfpEngine:
         if cfg.model.freeze_backbone:
             raise UserError(f"--freeze-backbone is not available for the Bayesian model "
                             f"{spec.name}")
-        t = cfg.train
-        if t.strategy != "none":
-            raise UserError(f"--strategy {t.strategy} is not available for the Bayesian model "
-                            f"{spec.name} with --bnn-impl tfp (tf_keras); train it with "
-                            "--strategy none or --bnn-impl keras")
-        if t.mixed_precision != "off":
-            raise UserError(f"--mixed-precision {t.mixed_precision} is not available for the "
-                            f"Bayesian model {spec.name} with --bnn-impl tfp (tf_keras); use "
-                            "--mixed-precision off or --bnn-impl keras")
 
     def fit(self, cfg, spec, splits, run_dir: Path, placement) -> dict[str, list[float]]:
         return fit_run(cfg, splits, run_dir)

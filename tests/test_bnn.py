@@ -407,7 +407,10 @@ def test_mc_dropout_and_temperature(digits_run, tmp_path):
     assert all(a is b for a, b in zip(dropout_model.weights, mc_model.weights))
     assert isinstance(mc_model, keras.Model)
 
-    run.__dict__["model"] = dropout_model  # an untrained dropout model in the run's place
+    from kerascls.engines.keras import KerasPredictor
+
+    # an untrained dropout model in the run's place
+    run.__dict__["predictor"] = KerasPredictor(dropout_model, run.temperature, 4)
     m = evaluate_run(run, mc_dropout=True, mc_samples=4, ood="sentiment", out_dir=tmp_path)
     assert m["prediction"] == "mc_dropout" and m["uncertainty"]["mc_samples"] == 4
     assert "mutual_information" in m["ood"]["auroc"]

@@ -55,6 +55,9 @@ class Predictor(Protocol):
                    batch_size: int = 256) -> np.ndarray:
         """``(n, N, C)`` Monte Carlo probabilities (Bayesian predictors only)."""
 
+    def predict_uncertainty(self, x: np.ndarray, n: int | None = None, batch_size: int = 256):
+        """A :class:`kerascls.uncertainty.MCPrediction` of ``n`` passes (Bayesian predictors)."""
+
     def signature_outputs(self, pixels, n: int) -> dict:
         """TF-traceable outputs of a float32 0..255 batch: ``probabilities`` and, for Bayesian
         predictors, ``entropy`` and ``mutual_information`` from ``n`` samples in the graph."""
@@ -140,7 +143,7 @@ def resolve_engine(spec, bnn_impl: str = "auto", backend: str | None = None) -> 
             raise UserError(f"{spec.name} needs the tensorflow Keras backend; received "
                             f"KERAS_BACKEND={backend}")
         return usable[0]
-    if bnn_impl not in engines:
+    if len(engines) == 1 or bnn_impl not in engines:
         raise UserError(f"--bnn-impl {bnn_impl} applies to Bayesian models; {spec.name} is "
                         f"built by the {engines[0]} engine only (leave --bnn-impl auto)")
     if bnn_impl == "tfp" and backend != "tensorflow":

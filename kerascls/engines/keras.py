@@ -306,6 +306,12 @@ class KerasPredictor:
         return np.asarray(predict_mc(self.model, np.asarray(x, np.float32), n,
                                      batch_size=batch_size), np.float32)
 
+    def predict_uncertainty(self, x, n: int | None = None, batch_size: int = 256):
+        """A :class:`kerascls.uncertainty.MCPrediction` of ``n`` Monte Carlo passes."""
+        from kerascls.uncertainty import MCPrediction
+
+        return MCPrediction.from_samples(self.predict_mc(x, n, batch_size))
+
     def predict_proba(self, x, batch_size: int = 256, calibrated: bool = True) -> np.ndarray:
         """``(N, C)`` probabilities: the Monte Carlo mean, or the calibrated softmax."""
         x = np.asarray(x, dtype=np.float32)

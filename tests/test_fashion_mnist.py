@@ -143,7 +143,9 @@ def test_debian_package_location_comes_from_dpkg():
 
     M.debian_dir.cache_clear()
     if not shutil.which("dpkg"):
-        pytest.skip("no dpkg on this machine")
+        if os.environ.get("KERASCLS_REQUIRE_FASHION_MNIST"):
+            pytest.fail("CI requires the Debian package lookup, but dpkg is missing")
+        pytest.skip("no dpkg on this machine: the package lookup has nothing to ask")
     listed = subprocess.run(["dpkg", "-L", M.DEBIAN_PACKAGE], capture_output=True, text=True,
                             check=False)
     found = M.debian_dir()

@@ -47,10 +47,16 @@ RECIPES = {
     "seed_cnn": dict(image_size=28, epochs=10, batch_size=128, learning_rate=0.002, dropout=0.25),
     "lenet": dict(image_size=28, epochs=10, batch_size=128, learning_rate=0.002, dropout=0.25),
     "small_cnn": dict(image_size=28, epochs=10, batch_size=128, learning_rate=0.003),
-    "resnet20": dict(image_size=32, epochs=30, batch_size=128, learning_rate=0.002,
-                     augment="crop,flip", weight_decay=0.0005, optimizer="adamw"),
-    "resnet56": dict(image_size=32, epochs=30, batch_size=128, learning_rate=0.002,
-                     augment="crop,flip", weight_decay=0.0005, optimizer="adamw"),
+    "vgg_mini": dict(image_size=28, epochs=10, batch_size=128, learning_rate=0.002,
+                     augment="flip", dropout=0.25),
+    # He et al.'s CIFAR recipe (SGD, momentum 0.9, lr 0.1, weight decay, pad-and-crop and
+    # flip), on the images' own 28x28 and a cosine schedule short enough for this CPU
+    "resnet20": dict(image_size=28, epochs=30, batch_size=128, learning_rate=0.1,
+                     optimizer="sgd", augment="crop,flip", weight_decay=0.0005,
+                     warmup_epochs=1),
+    "resnet56": dict(image_size=28, epochs=30, batch_size=128, learning_rate=0.1,
+                     optimizer="sgd", augment="crop,flip", weight_decay=0.0005,
+                     warmup_epochs=1),
     "densenet_bc100": dict(image_size=32, epochs=30, batch_size=64, learning_rate=0.002,
                            augment="crop,flip", weight_decay=0.0005, optimizer="adamw"),
     "mobilenet_v2": dict(image_size=32, epochs=30, batch_size=128, learning_rate=0.002,
@@ -67,6 +73,7 @@ PUBLIC = {
     "seed_cnn": "2-layer CNN 91.6-93.3%",
     "lenet": "2-layer CNN 91.6-93.3%",
     "small_cnn": "2-layer CNN 91.6-93.3%",
+    "vgg_mini": "2-layer CNN 91.6-93.3%",
     "resnet20": "ResNet-18 94.9%",
     "resnet56": "ResNet-18 94.9%",
     "densenet_bc100": "DenseNet-BC 768K 95.4%",
@@ -76,6 +83,7 @@ PUBLIC = {
     "bnn_cnn": "2-layer CNN 91.6-93.3%",
 }
 SKLEARN_BEST = "SVC 89.7%"
+SMALL_CNNS = ("seed_cnn", "lenet", "small_cnn", "vgg_mini")
 TARGETS = {"small CNN": (0.925, 10), "resnet20": (0.940, 60)}
 DUQ = {"accuracy": 0.924, "auroc": 0.955}
 OOD_MODEL = "seed_cnn"
@@ -440,7 +448,7 @@ def render(rows: dict, ood: dict, order: list[str]) -> str:
 
 def target_lines(rows: dict) -> list[str]:
     out = []
-    small = [rows[n] for n in ("seed_cnn", "lenet", "small_cnn") if n in rows]
+    small = [rows[n] for n in SMALL_CNNS if n in rows]
     if small:
         best = max(small, key=lambda r: r["accuracy"])
         ok = best["accuracy"] >= 0.925 and best["train_minutes"] <= 10
@@ -487,7 +495,7 @@ def target_lines(rows: dict) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(RECIPES),
-                   help="comma-separated models to measure (default: all ten)")
+                   help="comma-separated models to measure (default: every recipe)")
     p.add_argument("--output", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "fashion_mnist"))
     p.add_argument("--resume", action="store_true",

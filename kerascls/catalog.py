@@ -4,8 +4,8 @@ The model families register themselves when their modules are imported, and thos
 import Keras, which starts TensorFlow (seconds). ``python -m kerascls.models list``, the model
 check of ``python -m kerascls.train`` and their did-you-mean errors only need the names, sizes
 and papers, so :func:`models` keeps them in a small JSON cache
-(``$KERASCLS_CACHE_DIR``, else ``$XDG_CACHE_HOME/kerascls``, else ``~/.cache/kerascls``). The
-cache records the size and modification time of every kerascls module loaded when it was
+(``$KERASCLS_CACHE_DIR``, else ``$XDG_CACHE_HOME/kerascls``, else ``~/.cache/kerascls``), one
+file per installed copy of the package. The cache records the size and modification time of every kerascls module loaded when it was
 written (the families, the registry and what they import); when any of them changed (or the cache is missing or unreadable) the
 families are imported, and the cache written again.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import json
 import os
 import sys
@@ -22,7 +23,10 @@ from pathlib import Path
 from kerascls import __version__
 from kerascls.errors import UserError, did_you_mean
 
-CACHE_NAME = "models.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# one cache per installed copy of kerascls: two checkouts (or a checkout and a wheel) with the
+# same file stamps must not read each other's model lists
+CACHE_NAME = f"models-{hashlib.sha1(str(PACKAGE_DIR).encode()).hexdigest()[:12]}.json"
 FIELDS = ("name", "family", "default_size", "min_size", "engines", "paper", "task")
 
 

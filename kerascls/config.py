@@ -95,8 +95,9 @@ class TrainConfig:
     early_stopping: int = _field(0, "patience in epochs on val_loss; 0 disables")
     bn_recalibration: int = _field(
         50, "re-estimate batch-norm statistics over up to N batches of training images at each "
-        "epoch end before validating, and once more on the saved model (kept when validation "
-        "loss does not get worse); 0 disables")
+        "epoch end before validating (when an epoch is too short for the moving averages to "
+        "follow the weights), and once more on the saved model (kept when validation loss does "
+        "not get worse); 0 disables")
     seed: int = _field(42, "random seed for data splits, initialization and shuffling")
     output_dir: str = _field("runs", "parent directory of run directories")
     run_name: str = _field("", "run directory name; default <model>-<dataset>")

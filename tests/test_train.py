@@ -139,6 +139,22 @@ def test_default_run_reaches_97_percent_on_digits(tmp_path):
     assert json.loads((run / "metadata.json").read_text())["metrics"]["accuracy"] >= 0.97
 
 
+def test_per_epoch_recalibration_only_where_the_moving_averages_lag():
+    import keras
+
+    from kerascls.training.batchnorm import moving_averages_lag
+
+    def model(momentum):
+        inputs = keras.Input((4, 4, 3))
+        return keras.Model(inputs, keras.layers.BatchNormalization(momentum=momentum)(inputs))
+
+    assert moving_averages_lag(model(0.9), 18)        # the digits: 18 steps an epoch
+    assert not moving_averages_lag(model(0.9), 399)   # Fashion-MNIST at batch 128
+    assert moving_averages_lag(model(0.999), 399)     # an architecture's own momentum
+    dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert not moving_averages_lag(dense, 1)          # no batch norm, nothing to re-estimate
+
+
 def test_batch_norm_recalibration_averages_the_batch_statistics():
     import keras
 

@@ -110,7 +110,8 @@ class KerasEngine:
         import keras
 
         from kerascls.data.pipeline import class_weights, make_dataset, parse_augment
-        from kerascls.training.batchnorm import batch_norm_layers, precise_bn_callback
+        from kerascls.training.batchnorm import (batch_norm_layers, moving_averages_lag,
+                                                 precise_bn_callback)
         from kerascls.training.callbacks import nan_message, nan_stop
         from kerascls.training.schedule import make_optimizer
 
@@ -143,9 +144,11 @@ class KerasEngine:
         cw = class_weights(splits.y_train, nc) if cfg.data.class_weight == "balanced" else None
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing)
         nan_cb = nan_stop(keras.callbacks.Callback)
-        # Per-epoch batch-norm re-estimation runs eagerly on one device; distributed runs get it
+        # Per-epoch batch-norm re-estimation runs eagerly on one device, and only where an epoch
+        # is too short for the moving averages to follow the weights; distributed runs get it
         # once, on the saved model, after training.
-        precise = t.bn_recalibration > 0 and t.strategy == "none" and len(splits.x_val) > 0
+        precise = (t.bn_recalibration > 0 and t.strategy == "none" and len(splits.x_val) > 0
+                   and moving_averages_lag(model, steps))
 
         def callbacks(phase_backup: Path):
             ckpt = keras.callbacks.ModelCheckpoint(

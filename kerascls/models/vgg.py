@@ -14,6 +14,9 @@ by a 2x2 max pool, then the classifier.
 * ``_bn`` variants put batch norm between each convolution and its ReLU, as torchvision's
   ``vgg*_bn``; their trainable parameters equal torchvision's counts (132,868,840, 133,053,736,
   138,365,992 and 143,678,248); Keras also counts the batch-norm moving statistics.
+* ``vgg_mini``: the same design at the scale of 28x28 and 32x32 images (Fashion-MNIST, CIFAR):
+  three blocks of two 3x3 convolutions with batch norm (32, 64, 128 filters), the CIFAR stem's
+  global-average pool and one Dense layer; 290,090 parameters at 28x28x3 with 10 classes.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ VARIANTS = {
     **{f"{name}_bn": dict(layers=d, batch_norm=True) for name, d in DEPTHS.items()},
 }
 MIN_SIZE = 32  # five 2x2 max pools with valid padding
+
+# VGG-mini: the small-image baseline of the same design, three blocks of two 3x3 convolutions
+# with batch norm (32, 64, 128 filters), global average pool and one Dense layer; about 0.29M
+# parameters and 30M multiply-accumulates at 28x28.
+MINI = dict(layers=(2, 2, 2), batch_norm=True, filters=(32, 64, 128))
+MINI_MIN_SIZE = 8  # three 2x2 max pools
 
 
 def vgg_features(x, depths, *, batch_norm: bool, widths=WIDTHS):
@@ -109,3 +118,8 @@ for _name, _arch in VARIANTS.items():
         size_checked(functools.partial(build_vgg, name=_name, **_arch), name=_name,
                      min_size=MIN_SIZE)
     )
+register("vgg_mini", family="vgg", default_size=28, min_size=MINI_MIN_SIZE,
+         paper=PAPER + " (VGG-mini: the same blocks scaled down to 32-64-128 filters)")(
+    size_checked(functools.partial(build_vgg, name="vgg_mini", stem="cifar", **MINI),
+                 name="vgg_mini", min_size=MINI_MIN_SIZE)
+)

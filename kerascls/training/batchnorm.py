@@ -39,6 +39,24 @@ def precise_bn_callback(images: np.ndarray, val_ds, batch_size: int, max_batches
     return _PreciseBatchNorm()
 
 
+# the weight the moving averages may still give to statistics from before the epoch for the
+# per-epoch re-estimation to be skipped
+STALE_WEIGHT = 0.01
+
+
+def moving_averages_lag(model, steps_per_epoch: int) -> bool:
+    """Whether an epoch of ``steps_per_epoch`` steps leaves the batch-norm moving averages stale.
+
+    After ``n`` steps a moving average of momentum ``m`` still gives weight ``m ** n`` to what it
+    held before them; when that is under :data:`STALE_WEIGHT` for every layer (momentum 0.9 and
+    45 steps or more, 0.99 and 459), the moving averages already describe the epoch's weights
+    and a per-epoch re-estimation would only cost time (an eager pass over its batches and a
+    second validation).
+    """
+    return any(float(bn.momentum) ** steps_per_epoch >= STALE_WEIGHT
+               for bn in batch_norm_layers(model))
+
+
 def batch_norm_layers(layer) -> list:
     """Every ``BatchNormalization`` layer in ``layer``, nested models included."""
     import keras

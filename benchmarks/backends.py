@@ -8,8 +8,9 @@ parameters). Every configuration trains with batch 128 and SGD with momentum 0.9
 in-memory images, one warm-up epoch and then ``--epochs`` timed epochs, each in its own process:
 
 * ``keras-<backend> memory``: ``model.fit`` on numpy arrays, for tensorflow, jax and torch;
-* ``keras-<backend> pipeline``: ``model.fit`` on :func:`kerascls.data.pipeline.make_dataset`, the
-  tf.data pipeline ``python -m kerascls.train`` feeds (one-hot labels, shuffling, prefetch);
+* ``keras-<backend> pipeline``: ``model.fit`` on :func:`kerascls.data.pipeline.make_feed`, what
+  ``python -m kerascls.train`` feeds (one-hot labels, shuffling; tf.data with prefetch on
+  tensorflow, shuffled batches gathered from the arrays on jax and torch);
 * ``torch eager``: a plain PyTorch loop (the reference, ratio 1.00);
 * ``torch compile``: the same loop with ``torch.compile`` on the model.
 
@@ -78,9 +79,9 @@ def run_keras(feed: str, n: int, epochs: int) -> dict:
     x, y = random_data(n)
     model = keras_model()
     if feed == "pipeline":
-        from kerascls.data.pipeline import make_dataset
+        from kerascls.data.pipeline import make_feed
 
-        data = make_dataset(x, y, CLASSES, BATCH, training=True, seed=0)
+        data = make_feed(x, y, CLASSES, BATCH, training=True, seed=0)
 
         def epoch():
             model.fit(data, epochs=1, verbose=0)
@@ -203,13 +204,13 @@ def profile_train(epochs: int) -> dict:
     import numpy as np
 
     from kerascls import build_model, load_dataset
-    from kerascls.data.pipeline import make_dataset
+    from kerascls.data.pipeline import make_feed
 
     s = load_dataset("digits", 32, seed=42)
     nc = s.num_classes
     onehot = np.eye(nc, dtype="float32")[s.y_train]
-    train_ds = make_dataset(s.x_train, s.y_train, nc, 64, training=True, seed=42)
-    val_ds = make_dataset(s.x_val, s.y_val, nc, 64)
+    train_ds = make_feed(s.x_train, s.y_train, nc, 64, training=True, seed=42)
+    val_ds = make_feed(s.x_val, s.y_val, nc, 64)
     steps = -(-len(s.x_train) // 64)
     out = {"config": f"profile keras-{keras.backend.backend()}", "steps_per_epoch": steps}
     with tempfile.TemporaryDirectory() as tmp:

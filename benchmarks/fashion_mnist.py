@@ -83,6 +83,16 @@ PUBLIC = {
     "bnn_cnn": "2-layer CNN 91.6-93.3%",
 }
 SKLEARN_BEST = "SVC 89.7%"
+# what tf.lite.experimental.QuantizationDebugger showed where int8 falls short
+INT8_DIAGNOSES = {
+    "small_cnn": (
+        "TFLite's quantization debugger (300 training images) shows why: the logits are quantized "
+        "with a step of 3.16 (a range of about 800) and the 16-unit dense layer before them with "
+        "0.74, against 0.02-0.09 in the convolutions; the 16-unit bottleneck behind two 0.5 "
+        "dropouts trains to large activations, so one int8 step of a logit flips close decisions "
+        "(recall of Coat 78.3% -> 29.8%, Shirt 48.5% -> 21.7%). Keeping the last two layers in "
+        "float or quantization-aware training would address it; neither is done"),
+}
 SMALL_CNNS = ("seed_cnn", "lenet", "small_cnn", "vgg_mini")
 TARGETS = {"small CNN": (0.925, 10), "resnet20": (0.940, 60)}
 DUQ = {"accuracy": 0.924, "auroc": 0.955}
@@ -394,9 +404,9 @@ def render(rows: dict, ood: dict, order: list[str]) -> str:
             notes.append(f"TFLite export failed: {r['tflite_error']}")
         elif r.get("tflite_int8_accuracy") is not None and r.get("tflite_float32_accuracy"):
             gap = 100 * (r["tflite_float32_accuracy"] - r["tflite_int8_accuracy"])
+            cause = INT8_DIAGNOSES.get(n, "the cause of this drop is not yet investigated")
             notes.append(f"int8 TFLite {-gap:+.2f} points against float32 (target: no more "
-                         "than 0.5 below)" + ("; the cause of this drop is not yet investigated"
-                                              if gap > 0.5 else ""))
+                         "than 0.5 below)" + (f"; {cause}" if gap > 0.5 else ""))
         if r["ece_after"] > 0.015:
             notes.append(f"ECE after temperature scaling {r['ece_after']:.4f}, above the 0.015 "
                          "target; one temperature fitted on validation does not reach it")
@@ -470,6 +480,12 @@ def target_lines(rows: dict) -> list[str]:
         ok = r["accuracy"] >= 0.94 and r["train_minutes"] <= 60
         out.append(f"- ResNet-20 at >= 94.0% in <= 60 minutes: {'met' if ok else 'not met'} "
                    f"({_pct(r['accuracy'])}% in {r['train_minutes']:.1f} min).")
+        if not ok and r["train_minutes"] < 60:
+            epochs = RECIPES["resnet20"]["epochs"]
+            fit = int(60 / (r["train_minutes"] / epochs))
+            out.append(f"  The {epochs}-epoch recipe used {r['train_minutes']:.1f} of the 60 "
+                       f"minutes; at the same speed about {fit} epochs fit the budget, and a "
+                       "longer cosine schedule is the next thing to measure (not yet done).")
     else:
         out.append(f"- ResNet-20 at >= 94.0% in <= 60 minutes: not yet measured "
                    f"({budget_note('resnet20')}). On this CPU the recipe needs more than the "

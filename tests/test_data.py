@@ -94,3 +94,42 @@ def test_pipeline_batches_one_hot_and_augments():
     np.testing.assert_array_equal(np.asarray(plain), x)
     out = np.asarray(Augmenter(("flip",), 8, seed=3).images(x))
     assert out.shape == x.shape
+
+
+def test_array_feed_gives_every_image_once_per_epoch_and_reshuffles():
+    from kerascls.data.pipeline import array_feed
+
+    x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 2, 2, 3), np.float32)
+    y = np.arange(10) % 3
+    feed = array_feed(x, y, 3, 4, training=True, seed=7)
+    assert len(feed) == 3
+
+    def epoch():
+        batches = [feed[i] for i in range(len(feed))]
+        images = np.concatenate([b[0] for b in batches])
+        labels = np.concatenate([b[1] for b in batches])
+        order = images[:, 0, 0, 0].astype(int)
+        np.testing.assert_array_equal(labels, np.eye(3)[y[order]])
+        return order
+
+    first = epoch()
+    assert sorted(first) == list(range(10)) and list(first) != list(range(10))
+    feed.on_epoch_end()
+    second = epoch()
+    assert sorted(second) == list(range(10)) and list(second) != list(first)
+    again = array_feed(x, y, 3, 4, training=True, seed=7)
+    assert list(np.concatenate([again[i][0] for i in range(3)])[:, 0, 0, 0].astype(int)) == \
+        list(first)
+    plain = array_feed(x, y, 3, 4)
+    assert list(np.concatenate([plain[i][0] for i in range(3)])[:, 0, 0, 0]) == list(range(10))
+
+
+def test_make_feed_keeps_tf_data_on_tensorflow_and_for_augmentation():
+    import tensorflow as tf
+
+    from kerascls.data.pipeline import make_feed
+
+    x = np.zeros((8, 4, 4, 3), np.float32)
+    y = np.zeros(8, np.int64)
+    assert isinstance(make_feed(x, y, 2, 4, training=True), tf.data.Dataset)
+    assert isinstance(make_feed(x, y, 2, 4, training=True, augment=("flip",)), tf.data.Dataset)

@@ -109,7 +109,7 @@ class KerasEngine:
     def _fit(self, cfg, spec, splits, run_dir: Path) -> dict[str, list[float]]:
         import keras
 
-        from kerascls.data.pipeline import class_weights, make_dataset, parse_augment
+        from kerascls.data.pipeline import class_weights, make_feed, parse_augment
         from kerascls.training.batchnorm import (batch_norm_layers, moving_averages_lag,
                                                  precise_bn_callback)
         from kerascls.training.callbacks import nan_message, nan_stop
@@ -118,9 +118,9 @@ class KerasEngine:
         t = cfg.train
         nc = splits.num_classes
         image_size = splits.image_size
-        train_ds = make_dataset(splits.x_train, splits.y_train, nc, t.batch_size, training=True,
-                                augment=parse_augment(cfg.data.augment), seed=t.seed)
-        val_ds = make_dataset(splits.x_val, splits.y_val, nc, t.batch_size)
+        train_ds = make_feed(splits.x_train, splits.y_train, nc, t.batch_size, training=True,
+                             augment=parse_augment(cfg.data.augment), seed=t.seed)
+        val_ds = make_feed(splits.x_val, splits.y_val, nc, t.batch_size)
         steps = max(1, math.ceil(len(splits.x_train) / t.batch_size))
 
         model = self.build(cfg, spec, splits, image_size)

@@ -122,7 +122,7 @@ def test_train_step_on_backend(backend_results, backend, name):
 
 def test_every_family_registers_its_variants():
     expected = {
-        "vgg": {f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")},
+        "vgg": {f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")} | {"vgg_mini"},
         "resnet": {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet50v2",
                    "resnet101v2", "resnet152v2", "resnet20", "resnet32", "resnet44", "resnet56",
                    "resnet110"},

@@ -118,7 +118,7 @@ for _name, _arch in VARIANTS.items():
         size_checked(functools.partial(build_vgg, name=_name, **_arch), name=_name,
                      min_size=MIN_SIZE)
     )
-register("vgg_mini", family="vgg", default_size=28, min_size=MINI_MIN_SIZE,
+register("vgg_mini", family="vgg", default_size=32, min_size=MINI_MIN_SIZE,
          paper=PAPER + " (VGG-mini: the same blocks scaled down to 32-64-128 filters)")(
     size_checked(functools.partial(build_vgg, name="vgg_mini", stem="cifar", **MINI),
                  name="vgg_mini", min_size=MINI_MIN_SIZE)

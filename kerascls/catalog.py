@@ -5,9 +5,10 @@ import Keras, which starts TensorFlow (seconds). ``python -m kerascls.models lis
 check of ``python -m kerascls.train`` and their did-you-mean errors only need the names, sizes
 and papers, so :func:`models` keeps them in a small JSON cache
 (``$KERASCLS_CACHE_DIR``, else ``$XDG_CACHE_HOME/kerascls``, else ``~/.cache/kerascls``), one
-file per installed copy of the package. The cache records the size and modification time of every kerascls module loaded when it was
-written (the families, the registry and what they import); when any of them changed (or the cache is missing or unreadable) the
-families are imported, and the cache written again.
+file per installed copy of the package. The cache records the size and modification time of
+every kerascls module loaded when it was written (the families, the registry and what they
+import); when any of them changed (or the cache is missing or unreadable) the families are
+imported, and the cache written again.
 """
 
 from __future__ import annotations

@@ -47,9 +47,7 @@ VARIANTS = {
 }
 MIN_SIZE = 32  # five 2x2 max pools with valid padding
 
-# VGG-mini: the small-image baseline of the same design, three blocks of two 3x3 convolutions
-# with batch norm (32, 64, 128 filters), global average pool and one Dense layer; about 0.29M
-# parameters and 30M multiply-accumulates at 28x28.
+# VGG-mini (see the module docstring)
 MINI = dict(layers=(2, 2, 2), batch_norm=True, filters=(32, 64, 128))
 MINI_MIN_SIZE = 8  # three 2x2 max pools
 

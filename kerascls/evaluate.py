@@ -8,9 +8,11 @@ Calibration for every model: NLL, Brier score, ECE with 15 equal-width bins and
 ``reliability.png``; deterministic runs with a fitted temperature also report the uncalibrated
 figures. Bayesian runs (and deterministic ones with ``--mc-dropout``) predict by Monte Carlo and
 report the uncertainty summaries (predictive and expected entropy, mutual information, spread).
-``--ood DATASET`` reports the AUROC with which each uncertainty score separates the test split
-from out-of-distribution images (``noise``, or a dataset ``kerascls.data.load_dataset`` accepts)
-and draws ``ood_<dataset>.png``.
+``--ood DATASET`` reports the AUROC and AUPR with which each uncertainty score separates the test
+split from out-of-distribution images (``noise``, or a dataset ``kerascls.data.load_dataset``
+accepts) and draws ``ood_<dataset>.png``: 1 - max probability, entropy, mutual information (Monte
+Carlo runs) and, for deterministic runs, feature density (a Gaussian per class fitted to the
+training images' features, the input of the classifier layer).
 
 Example:
     python -m kerascls.evaluate runs/bnn_cnn-digits --ood sentiment
@@ -187,14 +189,26 @@ def ood_images(run, dataset: str, count: int, seed: int = 0) -> np.ndarray:
     return splits.x_test
 
 
+def fit_feature_density(run, x_fit: np.ndarray, y_fit: np.ndarray, batch_size: int = 256):
+    """A :class:`kerascls.uncertainty.FeatureDensity` of the run's features of ``x_fit``
+    (its training images, labelled ``y_fit``)."""
+    from kerascls import uncertainty as U
+
+    return U.FeatureDensity.fit(run.features(x_fit, batch_size), y_fit)
+
+
 def ood_report(run, dataset: str, probs_in: np.ndarray, mc_in: np.ndarray | None, *,
                samples: int, mc_dropout: bool = False, batch_size: int = 256,
-               out_dir: Path | None = None, x_out: np.ndarray | None = None) -> dict:
+               out_dir: Path | None = None, x_out: np.ndarray | None = None,
+               x_in: np.ndarray | None = None, fit: tuple | None = None) -> dict:
     """AUROC and AUPR (OOD positive) of each uncertainty score at telling ``dataset`` images
     from the test split.
 
     Scores (higher = more likely OOD): ``max_softmax`` (1 - top probability), ``entropy`` and,
-    with Monte Carlo predictions, ``mutual_information``. Draws ``ood_<dataset>.png``.
+    with Monte Carlo predictions, ``mutual_information``; for a deterministic run given its test
+    images ``x_in`` and ``fit = (x_train, y_train)``, ``feature_density`` (the negative log
+    density of the classifier's input under a Gaussian per class fitted to the training images,
+    :class:`kerascls.uncertainty.FeatureDensity`). Draws ``ood_<dataset>.png``.
     ``x_out`` are the OOD images when already loaded (:func:`ood_images`).
     """
     from kerascls import plots
@@ -205,6 +219,11 @@ def ood_report(run, dataset: str, probs_in: np.ndarray, mc_in: np.ndarray | None
     mc_out = predict_mc(run, x_out, samples, mc_dropout=mc_dropout, batch_size=batch_size)
     probs_out = mc_out.mean(axis=0) if mc_out is not None else run.predict_proba(x_out, batch_size)
     s_in, s_out = U.ood_scores(probs_in, mc_in), U.ood_scores(probs_out, mc_out)
+    density = None
+    if fit is not None and x_in is not None and not run.is_bayesian:
+        density = fit_feature_density(run, *fit, batch_size=batch_size)
+        s_in["feature_density"] = density.score(run.features(x_in, batch_size))
+        s_out["feature_density"] = density.score(run.features(x_out, batch_size))
     report = {
         "dataset": dataset,
         "num_in": int(len(probs_in)),
@@ -214,6 +233,9 @@ def ood_report(run, dataset: str, probs_in: np.ndarray, mc_in: np.ndarray | None
         "mean_score_in": {k: float(np.mean(v)) for k, v in s_in.items()},
         "mean_score_out": {k: float(np.mean(v)) for k, v in s_out.items()},
     }
+    if density is not None:
+        report["feature_density"] = {"fitted_on": int(len(fit[0])), "dim": density.dim,
+                                     "jitter": density.jitter}
     if out_dir is not None:
         slug = "".join(c if c.isalnum() else "-" for c in dataset).strip("-")
         plots.ood_histograms(s_in, s_out, report["auroc"], Path(out_dir) / f"ood_{slug}.png",
@@ -315,7 +337,8 @@ def evaluate_run(run, *, splits=None, dataset: str | None = None, tta: int = 0,
         metrics["uncertainty"] = U.uncertainty_summary(U.MCPrediction.from_samples(mc), y)
     if ood:
         metrics["ood"] = ood_report(run, ood, probs, mc, samples=samples, mc_dropout=mc_dropout,
-                                    batch_size=batch_size, out_dir=out, x_out=x_ood)
+                                    batch_size=batch_size, out_dir=out, x_out=x_ood, x_in=x,
+                                    fit=(splits.x_train, splits.y_train))
     metrics.update(measure_latency(run, x))
     metrics["dataset"] = dataset or run.metadata.get("dataset")
     metrics["tta"] = int(tta)
@@ -361,6 +384,10 @@ def _format(metrics: dict) -> str:
         if "aupr" in o:
             auprs = "  ".join(f"{k} {v:.4f}" for k, v in o["aupr"].items())
             lines.append(f"OOD AUPR  (out-of-distribution positive)  {auprs}")
+        if "feature_density" in o:
+            f = o["feature_density"]
+            lines.append(f"feature density: a Gaussian per class over the classifier's "
+                         f"{f['dim']}-d input, fitted on {f['fitted_on']} training images")
         if "mutual_information" not in o["auroc"]:
             lines.append("mutual information needs Monte Carlo predictions: a Bayesian run, "
                          "or --mc-dropout on a model with dropout")

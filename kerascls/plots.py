@@ -156,10 +156,15 @@ def ood_histograms(scores_in: dict, scores_out: dict, aurocs: dict, path: str | 
     keys = [k for k in scores_in if k in scores_out]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        a, b = np.asarray(scores_in[key]), np.asarray(scores_out[key])
-        hi = float(max(a.max(initial=0.0), b.max(initial=0.0))) or 1.0
-        ax.hist(a, bins=30, range=(0, hi), alpha=0.6, label="in-distribution", density=True)
-        ax.hist(b, bins=30, range=(0, hi), alpha=0.6, label="OOD", density=True)
+        a, b = np.asarray(scores_in[key], float), np.asarray(scores_out[key], float)
+        both = np.concatenate([a, b])
+        both = both[np.isfinite(both)]
+        # the bulk of both sets (a density score's far tail would squeeze it into one bin)
+        lo = min(0.0, float(np.percentile(both, 0.5))) if len(both) else 0.0
+        hi = float(np.percentile(both, 99.5)) if len(both) else 1.0
+        hi = hi if hi > lo else lo + 1.0
+        ax.hist(a, bins=30, range=(lo, hi), alpha=0.6, label="in-distribution", density=True)
+        ax.hist(b, bins=30, range=(lo, hi), alpha=0.6, label="OOD", density=True)
         ax.set_title(f"{key}: AUROC {aurocs.get(key, float('nan')):.3f}", fontsize=9)
         ax.set_xlabel("score (higher = more uncertain)")
         ax.legend(fontsize=7)

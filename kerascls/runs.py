@@ -87,6 +87,11 @@ class Run:
         return self.predictor.predict_proba(np.asarray(x, dtype=np.float32),
                                             batch_size=batch_size, calibrated=calibrated)
 
+    def features(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """``(N, D)`` features the classifier layer sees, for float32 0..255 images
+        (deterministic runs; Bayesian ones raise :class:`kerascls.errors.UserError`)."""
+        return self.predictor.features(np.asarray(x, dtype=np.float32), batch_size=batch_size)
+
     def signature_outputs(self, pixels, n: int | None = None) -> dict:
         """TF-traceable outputs for a float32 0..255 batch: ``probabilities`` (+ uncertainty for
         Bayesian runs, from ``n`` Monte Carlo samples, default ``eval.mc_samples``)."""
@@ -94,15 +99,20 @@ class Run:
 
     # -- data -----------------------------------------------------------------------------------
     def dataset(self, dataset: str | None = None):
-        """The run's splits recreated from its config (or ``dataset`` at the run's input size)."""
+        """The run's splits recreated from its config, its training subset included (or
+        ``dataset`` at the run's input size)."""
         from kerascls.data import load_dataset
+        from kerascls.data.sources import limit_train
 
         d = self.config.data
-        return load_dataset(
+        splits = load_dataset(
             dataset or d.dataset, self.image_size, seed=self.config.train.seed,
             val_fraction=d.val_fraction, test_fraction=d.test_fraction, data_dir=d.data_dir,
             num_examples=d.num_examples, sentiment_size=d.sentiment_size, noise=d.noise,
             imbalance=d.imbalance)
+        if dataset is None or dataset == d.dataset:  # the training images the run saw
+            splits = limit_train(splits, d.max_train_examples, self.config.train.seed)
+        return splits
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -21,6 +21,8 @@ References:
     Brier 1950, "Verification of forecasts expressed in terms of probability".
     Hendrycks and Gimpel 2017, "A Baseline for Detecting Misclassified and Out-of-Distribution
     Examples in Neural Networks" (max-softmax OOD score, AUROC and AUPR).
+    Mukhoti et al. 2023, "Deep Deterministic Uncertainty: A New Simple Baseline" (class-conditional
+    Gaussian density of the features as the OOD score).
 """
 
 from __future__ import annotations
@@ -342,3 +344,91 @@ def aupr(negatives, positives) -> float:
 def ood_aupr(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndarray]) -> dict:
     """AUPR of each score in both dicts, out-of-distribution images as the positive class."""
     return {k: aupr(scores_in[k], scores_out[k]) for k in scores_in if k in scores_out}
+
+
+# --------------------------------------------------------------------------------------------
+# feature-space density
+
+
+@dataclasses.dataclass
+class FeatureDensity:
+    """A Gaussian per class over a network's features: out-of-distribution by feature density.
+
+    Gaussian discriminant analysis fitted to the training split's features (the input of the
+    classifier layer): one mean per class, class weights from the counts, and a full covariance
+    per class where every class has more feature vectors than dimensions (``covariance ==
+    "class"``), else one covariance pooled over the classes (``"shared"``, the Mahalanobis
+    score's; a per-class one would be singular). ``score`` is the negative log density
+    ``-log sum_c pi_c N(f; mu_c, Sigma_c)``, higher for images whose features lie away from every
+    class: the score Deep Deterministic Uncertainty (Mukhoti et al. 2023) uses and softmax scores
+    miss, since a confidently classified digit is still far from every garment's features. A
+    singular covariance (dead units) gets the smallest diagonal jitter, relative to its mean
+    variance, that makes its Cholesky factor exist (``jitter``).
+    """
+
+    means: np.ndarray  # (C, D)
+    cholesky: np.ndarray  # (C, D, D) or, shared, (1, D, D); lower triangular
+    log_weights: np.ndarray  # (C,)
+    jitter: float = 0.0
+
+    JITTERS = (0.0,) + tuple(10.0 ** e for e in range(-10, 1))
+
+    @classmethod
+    def fit(cls, features, labels) -> FeatureDensity:
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 2 or not len(f):
+            raise ValueError(f"features must be a non-empty (N, D) array; got shape {f.shape}")
+        y = _check_labels(labels, len(f))
+        classes = np.unique(y)
+        counts = np.array([(y == c).sum() for c in classes])
+        if counts.min() < 2:
+            raise ValueError(f"class {classes[counts.argmin()]} has {counts.min()} feature "
+                             "vector; a covariance needs at least 2 per class")
+        dim = f.shape[1]
+        means = np.stack([f[y == c].mean(axis=0) for c in classes])
+        if counts.min() > dim:
+            covs = np.stack([np.cov(f[y == c], rowvar=False).reshape(dim, dim) for c in classes])
+        else:
+            centred = f - means[np.searchsorted(classes, y)]
+            covs = (centred.T @ centred / (len(f) - len(classes)))[None]
+        scale = max(float(np.mean(np.trace(covs, axis1=1, axis2=2))) / dim, _EPS)
+        eye = np.eye(dim)
+        for jitter in cls.JITTERS:
+            try:
+                chol = np.linalg.cholesky(covs + jitter * scale * eye)
+            except np.linalg.LinAlgError:
+                continue
+            if np.all(np.isfinite(chol)):
+                return cls(means, chol, np.log(counts / counts.sum()), jitter)
+        raise ValueError("the class covariances stay singular with a diagonal jitter of the mean "
+                         "variance; the features are degenerate (constant or not finite)")
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+    @property
+    def covariance(self) -> str:
+        """``"class"`` (one covariance per class) or ``"shared"`` (pooled)."""
+        return "shared" if len(self.cholesky) == 1 and len(self.means) > 1 else "class"
+
+    def log_density(self, features) -> np.ndarray:
+        """``log sum_c pi_c N(f; mu_c, Sigma_c)`` for each row of ``features``."""
+        from scipy.linalg import solve_triangular
+        from scipy.special import logsumexp
+
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise ValueError(f"features must be (N, {self.dim}); got shape {f.shape}")
+        per_class = np.empty((len(f), len(self.means)))
+        for c, mu in enumerate(self.means):
+            chol = self.cholesky[min(c, len(self.cholesky) - 1)]
+            z = solve_triangular(chol, (f - mu).T, lower=True)
+            log_det = 2.0 * np.log(np.diag(chol)).sum()
+            per_class[:, c] = (self.log_weights[c] - 0.5 * (z * z).sum(axis=0)
+                               - 0.5 * (log_det + self.dim * np.log(2.0 * np.pi)))
+        return logsumexp(per_class, axis=1)
+
+    def score(self, features) -> np.ndarray:
+        """Negative log density: higher = more likely out of distribution."""
+        return -self.log_density(features)

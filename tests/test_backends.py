@@ -127,9 +127,14 @@ def test_backend_end_to_end(backend, tmp_path):
 
     # a run trained on one backend loads on another
     other = BACKENDS[(BACKENDS.index(backend) + 1) % len(BACKENDS)]
-    _cli(other, "-m", "kerascls.evaluate", str(run_dir), "--out", str(tmp_path / "eval"))
+    _cli(other, "-m", "kerascls.evaluate", str(run_dir), "--out", str(tmp_path / "eval"),
+         "--ood", "noise")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert abs(metrics["accuracy"] - meta["metrics"]["accuracy"]) < 1e-9
+    # the feature-density score reads the classifier's input on that backend too
+    ood = metrics["ood"]
+    assert ood["feature_density"]["dim"] == 84 and ood["feature_density"]["fitted_on"] > 1000
+    assert 0.0 <= ood["auroc"]["feature_density"] <= 1.0
 
     run = load_run(run_dir)
     splits = run.dataset()

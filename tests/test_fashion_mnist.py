@@ -294,10 +294,13 @@ def test_real_fashion_mnist_trains_and_detects_digits(real_fashion_dir, tmp_path
     text = capsys.readouterr().out
     assert code == 0
     ood = json.loads((tmp_path / "eval" / "metrics.json").read_text())["ood"]
-    scores = {"max_softmax", "entropy", "mutual_information"}
+    scores = {"max_softmax", "entropy", "mutual_information", "feature_density"}
     assert ood["num_out"] == 200 and ood["num_in"] == 10000
     assert set(ood["auroc"]) == scores and set(ood["aupr"]) == scores
     assert all(0.0 <= v <= 1.0 for part in ("auroc", "aupr") for v in ood[part].values())
     assert ood["auroc"]["entropy"] > 0.6, ood["auroc"]  # digits look unlike clothes
+    assert ood["feature_density"] == {"fitted_on": 3000, "dim": 3136, "jitter": ood[
+        "feature_density"]["jitter"]}
     assert "OOD AUROC vs mnist_sample" in text and "OOD AUPR" in text
+    assert "feature density: a Gaussian per class over the classifier's 3136-d input" in text
     assert (tmp_path / "eval" / "ood_mnist-sample.png").is_file()

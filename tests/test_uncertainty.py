@@ -165,3 +165,43 @@ def test_shape_errors():
         U.brier_score([0, 1], [[0.5, 0.5]])
     with pytest.raises(ValueError, match="n_bins"):
         U.reliability_bins([0], [[1.0, 0.0]], n_bins=0)
+
+
+def test_feature_density_matches_the_gaussian_mixture_and_flags_far_features():
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(0)
+    cov0, cov1 = np.array([[1.0, 0.5], [0.5, 2.0]]), np.array([[0.5, 0.0], [0.0, 0.5]])
+    f0 = rng.multivariate_normal([0, 0], cov0, 300)
+    f1 = rng.multivariate_normal([6, 6], cov1, 100)
+    feats, y = np.concatenate([f0, f1]), np.r_[np.zeros(300), np.ones(100)]
+    d = U.FeatureDensity.fit(feats, y)
+    assert d.jitter == 0.0 and d.dim == 2 and d.covariance == "class"
+    pts = np.array([[0.0, 0.0], [6.0, 6.0], [3.0, -5.0]])
+    mix = 0.75 * multivariate_normal(f0.mean(0), np.cov(f0, rowvar=False)).pdf(pts) \
+        + 0.25 * multivariate_normal(f1.mean(0), np.cov(f1, rowvar=False)).pdf(pts)
+    np.testing.assert_allclose(d.log_density(pts), np.log(mix), rtol=1e-9)
+    far = rng.normal([3.0, -5.0], 0.5, (200, 2))  # between and below both classes
+    assert U.auroc(d.score(feats), d.score(far)) > 0.99
+
+
+def test_feature_density_jitters_singular_covariances_and_refuses_bad_input():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(40, 3))
+    feats = np.concatenate([base, base[:, :1], np.zeros((40, 1))], axis=1)  # rank 3 of 5
+    d = U.FeatureDensity.fit(feats, np.arange(40) % 2)
+    assert d.jitter > 0.0 and np.isfinite(d.log_density(feats)).all()
+    # fewer vectors per class than dimensions: one covariance pooled over the classes
+    wide = rng.normal(size=(30, 20))
+    shared = U.FeatureDensity.fit(wide, np.arange(30) % 3)
+    assert shared.covariance == "shared" and shared.cholesky.shape == (1, 20, 20)
+    pooled = sum(np.cov(wide[np.arange(30) % 3 == c], rowvar=False) * 9 for c in range(3)) / 27
+    np.testing.assert_allclose(shared.cholesky[0] @ shared.cholesky[0].T, pooled, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 2 per class"):
+        U.FeatureDensity.fit(feats[:3], [0, 0, 1])
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        U.FeatureDensity.fit(np.zeros(5), np.zeros(5))
+    with pytest.raises(ValueError, match=r"must be \(N, 5\)"):
+        d.log_density(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="degenerate"):
+        U.FeatureDensity.fit(np.full((6, 2), np.nan), [0, 0, 0, 1, 1, 1])

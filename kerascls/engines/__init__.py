@@ -58,6 +58,9 @@ class Predictor(Protocol):
     def predict_uncertainty(self, x: np.ndarray, n: int | None = None, batch_size: int = 256):
         """A :class:`kerascls.uncertainty.MCPrediction` of ``n`` passes (Bayesian predictors)."""
 
+    def features(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """``(N, D)`` features the classifier layer sees (deterministic predictors only)."""
+
     def signature_outputs(self, pixels, n: int) -> dict:
         """TF-traceable outputs of a float32 0..255 batch: ``probabilities`` and, for Bayesian
         predictors, ``entropy`` and ``mutual_information`` from ``n`` samples in the graph."""

@@ -327,6 +327,25 @@ class KerasPredictor:
             probs = apply_temperature(probs, self.temperature)
         return probs
 
+    def features(self, x, batch_size: int = 256) -> np.ndarray:
+        """``(N, D)`` features: the input of the model's last Dense layer, its classifier (after
+        global pooling or flattening; dropout is inactive at inference)."""
+        if self.bayesian:
+            raise UserError(f"{self.model.name} is Bayesian; its features change with every "
+                            "posterior sample, so feature density needs a deterministic model")
+        if getattr(self, "_feature_model", None) is None:
+            import keras
+
+            dense = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dense)]
+            if not dense:
+                raise UserError(f"{self.model.name} has no Dense classifier layer to take "
+                                "features from")
+            self._feature_model = keras.Model(self.model.inputs, dense[-1].input,
+                                              name=f"{self.model.name}_features")
+        out = self._feature_model.predict(np.asarray(x, np.float32), batch_size=batch_size,
+                                          verbose=0)
+        return np.asarray(out, np.float32).reshape(len(out), -1)
+
     def deployable(self):
         """The model that exports convert: the model with its fitted temperature applied."""
         if self.bayesian:

@@ -442,6 +442,11 @@ class BayesianPredictor:
                  for i in range(0, len(x), batch_size)]
         return np.concatenate(parts, axis=1)
 
+    def features(self, x, batch_size: int = 256) -> np.ndarray:
+        """Not defined: a Bayesian network's features change with every posterior sample."""
+        raise UserError(f"{self.model.name} is Bayesian; its features change with every "
+                        "posterior sample, so feature density needs a deterministic model")
+
     def predict_proba(self, x, batch_size: int = 256, calibrated: bool = True,
                       n: int | None = None) -> np.ndarray:
         """The Monte Carlo mean probabilities ``(N, C)`` over ``n`` (default ``mc_samples``).

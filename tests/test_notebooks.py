@@ -17,7 +17,8 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 # notebook -> files its CI run must write under OUT
 NOTEBOOKS = {
     "exploration_and_preprocessing": ("sentiment/eda.json", "digits/eda.json",
-                                      "kernels_china.png", "augmentations.png"),
+                                      "fashion_mnist/eda.json", "kernels_china.png",
+                                      "kernels_fashion.png", "augmentations.png"),
     "interpretability": ("galleries/gallery.json", "galleries/wrong.png",
                          "galleries/uncertain.png", "galleries/correct.png"),
     "model_comparison": ("comparison.md", "comparison.csv", "accuracy_vs_latency.png",
@@ -31,6 +32,25 @@ SHORT_RUN_NOTEBOOKS = {
                   "yolov3_tiny-shapes/tflite/yolov3_tiny_int8.json", "scene_detections.png",
                   "scene_int8.png"),
 }
+
+# Notebooks that show Fashion-MNIST images in every budget
+NEEDS_FASHION_MNIST = ("exploration_and_preprocessing",)
+
+
+def _require_fashion_mnist() -> None:
+    """Skip where the Debian package (or Keras' cache) is absent, except in CI, which installs it
+    and sets KERASCLS_REQUIRE_FASHION_MNIST."""
+    import os
+
+    from kerascls.data import mnist
+    from kerascls.errors import UserError
+
+    try:
+        mnist.find_fashion_mnist("")
+    except UserError as exc:
+        if os.environ.get("KERASCLS_REQUIRE_FASHION_MNIST"):
+            pytest.fail(f"CI requires Fashion-MNIST: {exc}")
+        pytest.skip(f"Fashion-MNIST is not installed here: {exc}")
 
 
 def _read(name: str):
@@ -106,6 +126,8 @@ def test_notebook_runs_with_the_ci_budget(name, tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
+    if name in NEEDS_FASHION_MNIST:
+        _require_fashion_mnist()
     nb = _read(name)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     index = next(i for i, c in enumerate(nb.cells)

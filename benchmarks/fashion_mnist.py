@@ -51,9 +51,9 @@ RECIPES = {
     "vgg_mini": dict(image_size=28, epochs=10, batch_size=128, learning_rate=0.002,
                      augment="flip", dropout=0.25),
     # He et al.'s CIFAR recipe (SGD, momentum 0.9, lr 0.1, weight decay, pad-and-crop and
-    # flip), on the images' own 28x28 and a cosine schedule that fits the hour on this CPU
-    # (30 epochs reached 93.96% in 31.6 minutes; see EARLIER)
-    "resnet20": dict(image_size=28, epochs=45, batch_size=128, learning_rate=0.1,
+    # flip), on the images' own 28x28 and a 30-epoch cosine schedule (45 epochs measured worse:
+    # see EARLIER)
+    "resnet20": dict(image_size=28, epochs=30, batch_size=128, learning_rate=0.1,
                      optimizer="sgd", augment="crop,flip", weight_decay=0.0005,
                      warmup_epochs=1),
     "resnet56": dict(image_size=28, epochs=30, batch_size=128, learning_rate=0.1,
@@ -98,8 +98,12 @@ INT8_DIAGNOSES = {
 SMALL_CNNS = ("seed_cnn", "lenet", "small_cnn", "vgg_mini")
 # earlier measurements of a row's recipe, quoted in its notes
 EARLIER = {
-    "resnet20": "the same recipe with 30 epochs (2026-12-01 18:19 UTC, load 1.4) reached 93.96% "
-                "(macro-F1 0.9394, int8 93.91%) in 31.6 training minutes",
+    "resnet20": "the same recipe with 45 epochs (2026-12-01 22:49 UTC, load 1.9 -> 1.5, "
+                "run kept as resnet20-fashion_mnist-45ep) reached 93.53% (macro-F1 0.9352, int8 "
+                "93.48%, ECE after T 0.0072) in 54.7 training minutes: it fit the training "
+                "images more closely (last-epoch training accuracy 97.07% against 96.03%) and "
+                "the test images less well (validation 94.51% against 94.68%), so the 30-epoch "
+                "schedule stays the recipe",
 }
 TARGETS = {"small CNN": (0.925, 10), "resnet20": (0.940, 60)}
 DUQ = {"accuracy": 0.924, "auroc": 0.955}
@@ -518,8 +522,14 @@ def target_lines(rows: dict) -> list[str]:
             epochs = RECIPES["resnet20"]["epochs"]
             fit = int(60 / (r["train_minutes"] / epochs))
             out.append(f"  The {epochs}-epoch recipe used {r['train_minutes']:.1f} of the 60 "
-                       f"minutes; at the same speed about {fit} epochs fit the budget, and a "
-                       "longer cosine schedule is the next thing to measure (not yet done).")
+                       f"minutes; at the same speed about {fit} epochs fit the budget"
+                       + (", but a 45-epoch schedule measured worse (93.53%, row notes): more "
+                          "epochs fit the training images more closely, not the test images. "
+                          "What is left within the hour is regularization (stronger "
+                          "augmentation such as random erasing, label smoothing) and the "
+                          "spread between seeds (a few tenths of a point here), not yet "
+                          "measured." if "resnet20" in EARLIER else
+                          ", and a longer cosine schedule is the next thing to measure."))
     else:
         out.append(f"- ResNet-20 at >= 94.0% in <= 60 minutes: not yet measured "
                    f"({budget_note('resnet20')}). On this CPU the recipe needs more than the "

@@ -421,9 +421,12 @@ class FeatureDensity:
         if f.ndim != 2 or f.shape[1] != self.dim:
             raise ValueError(f"features must be (N, {self.dim}); got shape {f.shape}")
         per_class = np.empty((len(f), len(self.means)))
+        # L^-1 (f - mu) = L^-1 f - L^-1 mu: one solve of the features per covariance
+        whitened = [solve_triangular(chol, f.T, lower=True) for chol in self.cholesky]
         for c, mu in enumerate(self.means):
-            chol = self.cholesky[min(c, len(self.cholesky) - 1)]
-            z = solve_triangular(chol, (f - mu).T, lower=True)
+            k = min(c, len(self.cholesky) - 1)
+            chol = self.cholesky[k]
+            z = whitened[k] - solve_triangular(chol, mu, lower=True)[:, None]
             log_det = 2.0 * np.log(np.diag(chol)).sum()
             per_class[:, c] = (self.log_weights[c] - 0.5 * (z * z).sum(axis=0)
                                - 0.5 * (log_det + self.dim * np.log(2.0 * np.pi)))

@@ -10,6 +10,22 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import pytest  # noqa: E402
 
 
+def require_fashion_mnist():
+    """The directory of the real Fashion-MNIST files. Skips where neither the Debian package nor
+    Keras' cache has them, except in CI, which installs the package and sets
+    KERASCLS_REQUIRE_FASHION_MNIST: there a missing dataset fails the test."""
+    from kerascls.data import mnist
+    from kerascls.errors import UserError
+
+    mnist.debian_dir.cache_clear()
+    try:
+        return mnist.find_fashion_mnist("")
+    except UserError as exc:
+        if os.environ.get("KERASCLS_REQUIRE_FASHION_MNIST"):
+            pytest.fail(f"CI requires Fashion-MNIST: {exc}")
+        pytest.skip(f"Fashion-MNIST is not installed here: {exc}")
+
+
 def train_run(tmp_root, *flags):
     """Train through the real CLI entry point and return the run directory."""
     from kerascls.config import make_parser, resolve

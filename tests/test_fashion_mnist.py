@@ -249,13 +249,9 @@ def test_max_train_examples_keeps_every_class(tmp_path, no_other_copies):
 
 @pytest.fixture(scope="module")
 def real_fashion_dir():
-    M.debian_dir.cache_clear()
-    try:
-        return M.find_fashion_mnist("")
-    except UserError as exc:
-        if os.environ.get("KERASCLS_REQUIRE_FASHION_MNIST"):
-            pytest.fail(f"CI requires Fashion-MNIST: {exc}")
-        pytest.skip(f"Fashion-MNIST is not installed here: {exc}")
+    from conftest import require_fashion_mnist
+
+    return require_fashion_mnist()
 
 
 def test_real_fashion_mnist_trains_and_detects_digits(real_fashion_dir, tmp_path, capsys):

@@ -37,22 +37,6 @@ SHORT_RUN_NOTEBOOKS = {
 NEEDS_FASHION_MNIST = ("exploration_and_preprocessing",)
 
 
-def _require_fashion_mnist() -> None:
-    """Skip where the Debian package (or Keras' cache) is absent, except in CI, which installs it
-    and sets KERASCLS_REQUIRE_FASHION_MNIST."""
-    import os
-
-    from kerascls.data import mnist
-    from kerascls.errors import UserError
-
-    try:
-        mnist.find_fashion_mnist("")
-    except UserError as exc:
-        if os.environ.get("KERASCLS_REQUIRE_FASHION_MNIST"):
-            pytest.fail(f"CI requires Fashion-MNIST: {exc}")
-        pytest.skip(f"Fashion-MNIST is not installed here: {exc}")
-
-
 def _read(name: str):
     import nbformat
 
@@ -127,7 +111,9 @@ def test_notebook_runs_with_the_ci_budget(name, tmp_path):
     from nbclient import NotebookClient
 
     if name in NEEDS_FASHION_MNIST:
-        _require_fashion_mnist()
+        from conftest import require_fashion_mnist
+
+        require_fashion_mnist()
     nb = _read(name)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     index = next(i for i, c in enumerate(nb.cells)

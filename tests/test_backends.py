@@ -101,7 +101,7 @@ def test_backend_end_to_end(backend, tmp_path):
     from kerascls.runs import load_run
 
     _cli(backend, "-m", "kerascls.train", "--dataset", "digits", "--model", "lenet",
-         "--image-size", "16", "--epochs", "1", "--augment", "flip", "--output-dir", str(tmp_path),
+         "--image-size", "16", "--epochs", "2", "--augment", "flip", "--output-dir", str(tmp_path),
          "--verbose", "0")
     run_dir = tmp_path / "lenet-digits"
     meta = json.loads((run_dir / "metadata.json").read_text())
